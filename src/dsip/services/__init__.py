@@ -1,0 +1,1 @@
+"""Long-running services: did:web host, and later relay, DHT node, resolver, gateway, PSAP."""
