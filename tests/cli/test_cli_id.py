@@ -12,7 +12,10 @@ import pytest
 
 from dsip.agent import wallet as wallet_mod
 from dsip.cli import id as id_cli
-from dsip.core.identity import parse_did_document
+from dsip.core.b64 import b64url_decode
+from dsip.core.envelope import Verifier, sign_envelope
+from dsip.core.examples import example_invite
+from dsip.core.identity import KeyPair, StaticDocuments, parse_did_document
 
 PASS = "s3cret passphrase"
 WEB_DID = "did:web:example.com:users:bob"
@@ -109,9 +112,19 @@ def test_export_doc_to_stdout(run: Run) -> None:
 
 def test_rotate(run: Run, tmp_path: Path) -> None:
     run("new", "bob", "--web", WEB_DID)
-    status, out, _ = run("rotate", "bob")
+    old_doc = json.loads(run("export-doc", "bob")[1])
+    status, out, err = run(
+        "rotate", "bob", "--device", "did:key:z6Mks11tjMeRnE1JceWhyT7zEToX4z3L6BuKaM13PbTEdApn"
+    )
     assert status == 0
-    assert f"{WEB_DID}#key-2" in out
+    assert f"{WEB_DID}#key-2" in err
+    # The printed record is the signed key-rotation, verifiable under the pre-rotation document.
+    record = json.loads(out)
+    now = json.loads(b64url_decode(record["payload"]))["issued_at"]
+    v = Verifier(StaticDocuments({WEB_DID: old_doc})).verify(record, now=now)
+    assert v.type == "key-rotation"
+    assert (v.payload["previous"], v.payload["next"]) == (f"{WEB_DID}#key-1", f"{WEB_DID}#key-2")
+    assert v.payload["reason"] == "scheduled"
 
     out_file = tmp_path / "did.json"
     run("export-doc", "bob", "-o", str(out_file))
@@ -121,9 +134,30 @@ def test_rotate(run: Run, tmp_path: Path) -> None:
 
 def test_rotate_with_recovery(run: Run) -> None:
     run("new", "bob", "--web", WEB_DID, "--recovery")
-    status, out, _ = run("rotate", "bob", "--recovery")
+    old_doc = json.loads(run("export-doc", "bob")[1])
+    status, out, err = run("rotate", "bob", "--recovery")
     assert status == 0
-    assert f"signed by {WEB_DID}#recovery-1" in out
+    assert f"signed by {WEB_DID}#recovery-1" in err
+    record = json.loads(out)
+    now = json.loads(b64url_decode(record["payload"]))["issued_at"]
+    v = Verifier(StaticDocuments({WEB_DID: old_doc})).verify(record, now=now)
+    assert v.payload["recovery"] is True
+    assert v.payload["reason"] == "lost"
+    assert v.kid == f"{WEB_DID}#recovery-1"
+
+
+def test_delegate_lets_a_device_sign_for_the_identity(run: Run) -> None:
+    run("new", "alice")
+    alice_did = json.loads(run("show", "alice", "--json")[1])["did"]
+    phone = KeyPair.generate()
+    status, out, _ = run("delegate", "alice", phone.did, "--days", "1")
+    assert status == 0
+    delegation = json.loads(out)
+    now = json.loads(b64url_decode(delegation["payload"]))["issued_at"]
+    invite = example_invite(phone.did, WEB_DID, now=now)
+    invite["from"] = alice_did
+    v = Verifier().verify(sign_envelope(invite, phone, delegations=[delegation]), now=now)
+    assert (v.signer, v.identity) == (phone.did, alice_did)
 
 
 def test_options_after_the_subcommand(home: Path, passfile: Path) -> None:

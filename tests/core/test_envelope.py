@@ -373,3 +373,33 @@ def test_sign_bytes_carries_delegations_in_header(alice: KeyPair) -> None:
     )
     header = json.loads(b64url_decode(env["protected"]))
     assert header["delegations"][0]["payload"] == "b"
+
+
+def test_recovery_rotation_needs_a_designated_recovery_key(bob: KeyPair) -> None:
+    from dsip.core.delegation import make_key_rotation
+
+    recovery, other, key2 = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    doc = did_web_document(
+        BOB,
+        [("key-1", bob.public_key_multibase), ("key-9", other.public_key_multibase)],
+        recovery=[("recovery-1", recovery.public_key_multibase)],
+    )
+    docs = StaticDocuments({BOB: doc})
+    nxt = KeyPair(key2.private_key, f"{BOB}#key-2")
+    common = {
+        "subject": BOB,
+        "previous": f"{BOB}#key-1",
+        "next_key": nxt,
+        "reason": "lost",
+        "now": NOW,
+    }
+    good = make_key_rotation(
+        KeyPair(recovery.private_key, f"{BOB}#recovery-1"), recovery=True, **common
+    )
+    assert Verifier(docs).verify(good, now=NOW).payload["recovery"] is True
+    # key-9 is a key of bob's, but not one the document designates for recovery.
+    bad = make_key_rotation(KeyPair(other.private_key, f"{BOB}#key-9"), recovery=True, **common)
+    assert _code(Verifier(docs), bad) == "rotation-signer-not-previous"
+    # Without recovery, only the retiring key may sign.
+    plain = make_key_rotation(KeyPair(other.private_key, f"{BOB}#key-9"), **common)
+    assert _code(Verifier(docs), plain) == "rotation-signer-not-previous"

@@ -1,6 +1,7 @@
 """``dsip id``: manage the identities in the local DID wallet (:mod:`dsip.agent.wallet`).
 
-Subcommands: ``new``, ``list``, ``show``, ``export-doc``, ``rotate``. ``--home`` and
+Subcommands: ``new``, ``list``, ``show``, ``export-doc``, ``rotate`` (prints the signed
+``key-rotation`` record), ``delegate`` (prints a signed device delegation). ``--home`` and
 ``--passphrase-file`` are accepted both before and after the subcommand
 (``dsip id --home X list`` and ``dsip id list --home X``).
 
@@ -26,6 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from dsip.agent.wallet import SERVICE_KINDS, Wallet, WalletEntry, default_home
+from dsip.core.delegation import (
+    CAP_MEDIA_INTERACTIVE,
+    CAP_SIGNALING,
+    issue_delegation,
+    make_key_rotation,
+)
+from dsip.core.registry import ROTATION_REASONS
 from dsip.errors import DsipError, WalletError
 
 __all__ = ["register"]
@@ -112,8 +120,49 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="authorize the rotation with the recovery key (when the signing key is lost)",
     )
+    rotate.add_argument(
+        "--reason",
+        choices=sorted(ROTATION_REASONS),
+        default=None,
+        help="registered rotation reason (default: scheduled, or lost with --recovery)",
+    )
+    rotate.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="DID",
+        help="device DID whose delegation is re-issued under the new key (repeatable)",
+    )
+    rotate.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the signed key-rotation record here (default: stdout)",
+    )
     _add_common(rotate, top_level=False)
     rotate.set_defaults(func=_guard(_cmd_rotate))
+
+    delegate = sub.add_parser(
+        "delegate",
+        help="authorize a device key to sign for an identity",
+        description="Sign a DeviceDelegation (§7.4) that lets DEVICE (a did:key) sign DSIP "
+        "messages for identity NAME. Devices present it in the 'delegations' header.",
+    )
+    delegate.add_argument("name", metavar="NAME")
+    delegate.add_argument("device", metavar="DEVICE_DID")
+    delegate.add_argument("--days", type=float, default=30.0, help="validity in days (default 30)")
+    delegate.add_argument(
+        "--capability",
+        action="append",
+        default=[],
+        metavar="CAP",
+        help="capability to grant (repeatable; default dsip.signaling + dsip.media.interactive)",
+    )
+    delegate.add_argument("-o", "--output", type=Path, default=None, metavar="FILE")
+    _add_common(delegate, top_level=False)
+    delegate.set_defaults(func=_guard(_cmd_delegate))
 
 
 def _add_common(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
@@ -304,7 +353,45 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
     signer, new = wallet.rotate(
         args.name, passphrase, now=int(time.time()), use_recovery=args.recovery
     )
-    print(f"rotated {args.name}: {entry.kid} -> {new.kid}")
-    print(f"the key-rotation record must be signed by {signer.kid}")
-    print(f"publish the new document: dsip id export-doc {args.name} -o did.json")
+    reason = args.reason or ("lost" if args.recovery else "scheduled")
+    record = make_key_rotation(
+        signer,
+        subject=entry.did,
+        previous=entry.kid,
+        next_key=new,
+        reason=reason,
+        now=int(time.time()),
+        devices=args.device,
+        recovery=args.recovery,
+    )
+    _emit(json.dumps(record, indent=2) + "\n", args.output)
+    print(
+        f"rotated {args.name}: {entry.kid} -> {new.kid} (record signed by {signer.kid})",
+        file=sys.stderr,
+    )
+    print(f"publish the new document: dsip id export-doc {args.name} -o did.json", file=sys.stderr)
+    return 0
+
+
+def _emit(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
+def _cmd_delegate(args: argparse.Namespace) -> int:
+    wallet = _wallet(args)
+    wallet.entry(args.name)  # fail on an unknown name before prompting
+    key = wallet.unlock(args.name, _passphrase(args))
+    now = int(time.time())
+    envelope = issue_delegation(
+        key,
+        args.device,
+        issued_at=now,
+        expires_at=now + int(args.days * 86_400),
+        capabilities=args.capability or [CAP_SIGNALING, CAP_MEDIA_INTERACTIVE],
+    )
+    _emit(json.dumps(envelope, indent=2) + "\n", args.output)
+    print(f"{args.device} may now sign for {key.did} for {args.days:g} days", file=sys.stderr)
     return 0

@@ -1,4 +1,6 @@
-"""Device delegation (§7.4): an identity authorizes a device key to sign for it.
+"""Device delegation (§7.4) and key-rotation records (§7.5).
+
+A delegation lets an identity authorize a device key to sign for it.
 
 A delegation is itself a DSIP-JOSE envelope whose payload is::
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from dsip.core.b64 import b64url_decode
 from dsip.core.identity import DocumentSource, KeyPair, is_did, resolve_kid, split_did_url
@@ -37,6 +40,7 @@ __all__ = [
     "Delegation",
     "DelegationVerifier",
     "issue_delegation",
+    "make_key_rotation",
 ]
 
 CAP_SIGNALING = "dsip.signaling"
@@ -213,3 +217,37 @@ class DelegationVerifier:
             )
         assert best is not None
         raise best
+
+
+def make_key_rotation(
+    signer: KeyPair,
+    *,
+    subject: str,
+    previous: str,
+    next_key: KeyPair,
+    reason: str,
+    now: int,
+    devices: Sequence[str] = (),
+    recovery: bool = False,
+    ttl: int = 86_400,
+) -> dict[str, str]:
+    """The signed ``key-rotation`` record (§7.5) announcing ``previous`` → ``next_key``.
+
+    ``signer`` is the retiring key, or a recovery key of the subject with ``recovery=True``.
+    The record is self-contained (it carries the next public key) so that logs and caches
+    can act on it before they re-resolve the document.
+    """
+    from dsip.core.envelope import make_payload, sign_envelope
+
+    fields: dict[str, Any] = {
+        "subject": subject,
+        "previous": previous,
+        "next": next_key.kid,
+        "next_public_key_multibase": next_key.public_key_multibase,
+        "reason": reason,
+        "devices": list(devices),
+    }
+    if recovery:
+        fields["recovery"] = True
+    payload = make_payload("key-rotation", sender=subject, now=now, ttl=ttl, profiles=[], **fields)
+    return sign_envelope(payload, signer)

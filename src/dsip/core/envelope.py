@@ -29,7 +29,7 @@ every stage passed. Time is always the ``now`` argument (integer seconds).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,7 +44,7 @@ from dsip.core.identity import (
     split_did_url,
 )
 from dsip.core.jsonwire import compact_dumps, loads_strict
-from dsip.core.jws import RawEnvelope, decode_header, parse_envelope, parse_frame, sign_bytes
+from dsip.core.jws import decode_header, encode_frame, parse_envelope, parse_frame, sign_bytes
 from dsip.core.payloads.schema import validate_payload
 from dsip.core.ulid import is_ulid, new_ulid, ulid_time_ms
 from dsip.core.version import Supported, check_version
@@ -54,9 +54,11 @@ __all__ = [
     "DEFAULT_TTL",
     "REPLAY_WINDOW",
     "ReplayStore",
+    "Signed",
     "Verified",
     "Verifier",
     "check_decoded",
+    "decode_jose",
     "make_payload",
     "sign_envelope",
 ]
@@ -128,6 +130,52 @@ class ReplayStore:
 
 
 @dataclass(frozen=True)
+class Signed:
+    """A signed object after stages 1–3, independent of its encoding (JOSE or COSE).
+
+    ``wire`` is the exact form to forward unchanged (a relay never re-encodes);
+    ``decode_payload`` is the encoding's strict payload parser, returning
+    ``(value, saw_float)`` and raising ``payload-not-utf8``/``payload-not-json``.
+    """
+
+    encoding: str  # "jose" | "cose"
+    kid: str
+    header: Mapping[str, Any]
+    signing_input: bytes
+    signature: bytes
+    payload_bytes: bytes
+    decode_payload: Callable[[bytes], tuple[Any, bool]]
+    wire: str | bytes
+    encoded_size: int
+
+
+def decode_jose(envelope: Mapping[str, Any] | bytes | str) -> Signed:
+    """Stages 1–3 for DSIP-JOSE: frame cap, envelope shape, protected header."""
+    if isinstance(envelope, (bytes, str)):
+        obj = parse_frame(envelope)  # stages 1–2 (size cap, strict JSON)
+        wire: str | bytes = envelope
+        size = len(envelope) if isinstance(envelope, bytes) else len(envelope.encode())
+    else:
+        obj, wire, size = envelope, "", 0
+    raw = parse_envelope(obj)  # stage 2
+    header = decode_header(raw)  # stage 3
+    if not wire:
+        wire = encode_frame(raw.as_dict())
+        size = len(wire)
+    return Signed(
+        encoding="jose",
+        kid=header["kid"],
+        header=header,
+        signing_input=raw.signing_input,
+        signature=raw.signature_bytes,
+        payload_bytes=raw.payload_bytes,
+        decode_payload=loads_strict,
+        wire=wire,
+        encoded_size=size,
+    )
+
+
+@dataclass(frozen=True)
 class Verified:
     """An envelope that passed every stage."""
 
@@ -136,8 +184,7 @@ class Verified:
     kid: str
     signer: str  # the DID of the kid
     identity: str  # the DID the signer acts for: ``from``, or ``on_behalf_of`` on hello
-    header: Mapping[str, Any]
-    raw: RawEnvelope
+    signed: Signed
     effective: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
@@ -146,8 +193,13 @@ class Verified:
         return str(self.payload["id"])
 
     @property
-    def envelope(self) -> dict[str, str]:
-        return self.raw.as_dict()
+    def header(self) -> Mapping[str, Any]:
+        return self.signed.header
+
+    @property
+    def wire(self) -> str | bytes:
+        """The exact bytes/text received, for forwarding unchanged."""
+        return self.signed.wire
 
 
 class Verifier:
@@ -172,7 +224,7 @@ class Verifier:
 
     def verify(
         self,
-        envelope: Mapping[str, Any] | bytes | str,
+        envelope: Mapping[str, Any] | bytes | str | Signed,
         *,
         now: int,
         hello_verified: bool | None = None,
@@ -185,25 +237,33 @@ class Verifier:
         (stage 11b); ``None`` skips that check (not a transport). ``record=False``
         verifies without remembering the id (a dry run).
         """
-        frame_size: int | None = None
-        if isinstance(envelope, (bytes, str)):
-            obj = parse_frame(envelope)  # stages 1–2 (size cap, JSON)
-            frame_size = len(envelope) if isinstance(envelope, bytes) else len(envelope.encode())
-        else:
-            obj = envelope
-        raw = parse_envelope(obj)  # stage 2
-        header = decode_header(raw)  # stage 3
-        kid: str = header["kid"]
+        signed = envelope if isinstance(envelope, Signed) else decode_jose(envelope)
+        return self.verify_signed(
+            signed, now=now, hello_verified=hello_verified, context=context, record=record
+        )
+
+    def verify_signed(
+        self,
+        signed: Signed,
+        *,
+        now: int,
+        hello_verified: bool | None = None,
+        context: semantic.SemanticContext | None = None,
+        record: bool = True,
+    ) -> Verified:
+        """Stages 3 (kid syntax) to 14 on an already-decoded signed object."""
+        kid = signed.kid
         signer, _ = split_did_url(kid)  # stage 3: kid-invalid
         try:
             method = resolve_kid(kid, self.documents)  # stage 4
         except DsipError as exc:
             raise EnvelopeError(exc.message, code="kid-unresolvable") from None
-        if not method.verify(raw.signature_bytes, raw.signing_input):  # stage 5
+        if not method.verify(signed.signature, signed.signing_input):  # stage 5
             raise EnvelopeError(
-                "Ed25519 signature does not verify over protected.payload", code="signature-invalid"
+                "Ed25519 signature does not verify over the signing input", code="signature-invalid"
             )
-        payload = _decode_payload(raw)  # stage 6
+        header = signed.header
+        payload = _decode_payload(signed)  # stage 6
         msg_type: str = payload["type"]
         try:
             identity = self._bind_identity(signer, payload, header, now)  # stage 7
@@ -241,9 +301,7 @@ class Verifier:
             )
         ctx = context or semantic.SemanticContext()
         if msg_type == "introduction" and ctx.encoded_size is None:
-            ctx = replace(
-                ctx, encoded_size=frame_size if frame_size is not None else raw.encoded_size()
-            )
+            ctx = replace(ctx, encoded_size=signed.encoded_size)
         if msg_type == "key-rotation":
             doc = document_for(signer, self.documents)
             ctx = replace(ctx, signer_kid=kid, recovery_kids=doc.recovery if doc else None)
@@ -256,8 +314,7 @@ class Verifier:
             kid=kid,
             signer=signer,
             identity=identity,
-            header=header,
-            raw=raw,
+            signed=signed,
             effective=interp.effective,
             warnings=interp.warnings,
         )
@@ -292,9 +349,9 @@ def check_decoded(
     return semantic.interpret(payload)
 
 
-def _decode_payload(raw: RawEnvelope) -> dict[str, Any]:
+def _decode_payload(signed: Signed) -> dict[str, Any]:
     """Stage 6: UTF-8 → JSON object → no floats → core fields with the right primitive types."""
-    body, saw_float = loads_strict(raw.payload_bytes)
+    body, saw_float = signed.decode_payload(signed.payload_bytes)
     if not isinstance(body, dict):
         raise PayloadError("payload is not a JSON object", code="payload-not-json")
     if saw_float:

@@ -12,22 +12,24 @@ and the alternative, ``unevaluatedProperties``, costs annotation tracking on eve
 validation and is a 2020-12-only keyword. The schemas check *shape* only; registry
 membership and cross-field rules are stage 14 (§10.3, §15.3).
 
-Validator choice, measured by ``bench/schema_validators.py`` on an ~800-byte invite
-with an SDP string (one core of the dev box; the bench prints the current figures):
+Validator choice, measured by ``bench/schema_validators.py`` (860-byte invite with an
+SDP offer; "invalid" = one bad ``direction``; best of 5, 2-core dev VM; rerun for today's):
 
-=================  ==========  ============
-validator          valid/s     invalid/s
-=================  ==========  ============
-jsonschema-rs      ~420 k      ~1,200 k
-fastjsonschema     ~64 k       ~58 k
-jsonschema         ~2.5 k      ~2.5 k
-=================  ==========  ============
+=================  =========  ==========  ===================
+validator          valid/s    invalid/s   payload vectors
+=================  =========  ==========  ===================
+jsonschema-rs      ~380 k     ~600 k      69/69
+fastjsonschema     ~55 k      ~70 k       69/69
+jsonschema         ~2.2 k     ~3.1 k      69/69
+=================  =========  ==========  ===================
 
-``jsonschema-rs`` is ~6x faster than generated Python code and ~170x faster than the
-reference implementation, agrees with both on all 69 payload vectors, implements
-2020-12 natively (``fastjsonschema`` compiles it with its draft-2019 generator, which
-knows no 2020-12-only keyword) and matches patterns with a linear-time engine, so a
-hostile string cannot cause catastrophic backtracking. It is used here.
+``jsonschema-rs`` is ~7x faster than fastjsonschema's generated Python and ~170x faster
+than the pure-Python reference; all three agree on every vector. It is used here: it
+implements 2020-12 natively (fastjsonschema compiles 2020-12 with its draft-2019
+generator, so these schemas avoid 2020-12-only keywords to stay portable), and with
+``RegexOptions`` it matches patterns in linear time, so no hostile string can make a
+pattern backtrack. :func:`validate_payload` itself runs at ~370 k/s on the valid invite;
+its failure path (~100 k/s) also builds the error message.
 
 Validators are built lazily, once per schema, over one shared ``jsonschema_rs.Registry``
 holding the whole set, so ``$ref`` across files resolves in memory and nothing is ever
@@ -35,10 +37,13 @@ fetched. The hot path is ``is_valid``; only a failure pays for ``validate`` to b
 error naming the failing field (``invite: /media/0/direction: ...``), clipped so hostile
 input is never echoed at length.
 
-Hostile input: these functions raise only :class:`~dsip.errors.SchemaError`. Values
-jsonschema-rs cannot convert (non-``str`` keys, sets, bytes, nesting past its recursion
-limit) are schema failures. ``NaN``/``Infinity`` convert to ``null`` and so fail any
-typed field; the parser (:mod:`dsip.core.jsonwire`) refuses them before this stage.
+Hostile input: these functions raise only :class:`~dsip.errors.SchemaError`.
+jsonschema-rs reads Python values lazily, where a schema looks: there, a value that is
+not JSON (non-``str`` key, set, bytes, nesting past its recursion limit) is a schema
+failure, and ``NaN``/``Infinity`` read as ``null`` and fail any typed field. Inside open
+members (codec parameters, ``notify.body``, ``data`` of bindings dsip does not
+implement) nothing is read, so JSON-ness there is the parser's guarantee
+(:mod:`dsip.core.jsonwire`: ``str`` keys, no ``NaN``, depth 64), not this stage's.
 """
 
 from __future__ import annotations
