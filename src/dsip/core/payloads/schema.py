@@ -71,7 +71,8 @@ __all__ = [
 SCHEMA_BASE_URI: Final = "https://dsip.dev/schema/v0.7/"
 
 #: Every payload ``type`` of v0.7: the §12.1 set, ``hello`` (§13.2) and the DHT Hints
-#: Profile's ``reachability-hint``.
+#: Profile's ``reachability-hint``; plus the types of dsip's own profiles: ``ack``
+#: (store-and-forward/1.0, custody acknowledgement to a relay).
 MESSAGE_TYPES: Final[frozenset[str]] = frozenset(
     {
         "invite",
@@ -93,6 +94,7 @@ MESSAGE_TYPES: Final[frozenset[str]] = frozenset(
         "grant",
         "key-rotation",
         "reachability-hint",
+        "ack",
     }
 )
 

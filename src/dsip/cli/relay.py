@@ -1,0 +1,148 @@
+"""``dsip relay``: run a relay / homeserver (ws/1.0, optional quic/1.0, store-and-forward)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+from pathlib import Path
+from typing import Any
+
+from dsip.config import RelayConfig, load_relay_config
+from dsip.core.identity import KeyPair
+from dsip.errors import ConfigError
+
+logger = logging.getLogger("dsip.relay")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "relay",
+        help="run a relay (homeserver)",
+        description=(
+            "Run a DSIP relay: binds devices with hello, routes signed envelopes by DID to every "
+            "bound device, and stores envelopes for offline known identities in SQLite or "
+            "PostgreSQL until they are delivered and acknowledged. Settings come from --config "
+            "(TOML, [relay] table) and are overridden by flags."
+        ),
+    )
+    p.add_argument("--config", type=Path, help="TOML file with a [relay] table")
+    p.add_argument("--host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--ws-port", type=int, help="ws/1.0 port (0 = any free port)")
+    p.add_argument("--quic-port", type=int, help="quic/1.0 UDP port (needs TLS)")
+    p.add_argument("--tls-cert", help="PEM certificate chain")
+    p.add_argument("--tls-key", help="PEM private key")
+    p.add_argument(
+        "--local-ca",
+        type=Path,
+        metavar="DIR",
+        help="mint a local CA + localhost certificate into DIR (ca.pem, relay.crt, relay.key) "
+        "and serve TLS with it; for local networks and tests",
+    )
+    p.add_argument("--store", help="sqlite:///path.db (default) or postgresql://…")
+    p.add_argument(
+        "--identity-seed-file", help="32-byte Ed25519 seed (mode 0600); default: ephemeral did:key"
+    )
+    p.add_argument("--did", help="the relay's did:web (its key must be #key-1 in that document)")
+    p.add_argument(
+        "--retention", type=int, dest="offline_retention_s", help="offline retention, seconds"
+    )
+    p.add_argument(
+        "--ready-file", type=Path, help="write {did, ws_port, quic_port} here once listening"
+    )
+    p.set_defaults(func=_run)
+
+
+def store_limits(cfg: RelayConfig) -> Any:
+    from dsip.storage import StoreLimits
+
+    return StoreLimits(
+        max_envelopes_per_recipient=cfg.quota_envelopes,
+        max_bytes_per_recipient=cfg.quota_bytes,
+        retention_s=cfg.offline_retention_s,
+    )
+
+
+def _load_key(cfg: RelayConfig) -> KeyPair:
+    if cfg.identity_seed_file is None:
+        return KeyPair.generate()
+    path = Path(cfg.identity_seed_file)
+    try:
+        st = path.stat()
+        seed = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read relay identity seed {path}: {exc}") from None
+    if st.st_mode & 0o077:
+        raise ConfigError(f"{path} is readable by others; run: chmod 600 {path}")
+    if len(seed) != 32:
+        raise ConfigError(f"{path} must hold exactly 32 bytes (an Ed25519 seed)")
+    sk = KeyPair.from_seed(seed)
+    return KeyPair(sk.private_key, f"{cfg.did}#key-1") if cfg.did else sk
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_relay_config(args.config).with_overrides(
+        host=args.host,
+        ws_port=args.ws_port,
+        quic_port=args.quic_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        store=args.store,
+        identity_seed_file=args.identity_seed_file,
+        did=args.did,
+        offline_retention_s=args.offline_retention_s,
+    )
+    if args.local_ca is not None:
+        from dsip.services.localca import LocalCA
+
+        args.local_ca.mkdir(parents=True, exist_ok=True)
+        ca = LocalCA.create()
+        ca.write_ca_pem(args.local_ca / "ca.pem")
+        ca.server.cert_chain_pems[0].write_to_path(str(args.local_ca / "relay.crt"))
+        for extra in ca.server.cert_chain_pems[1:]:
+            with open(args.local_ca / "relay.crt", "ab") as fh:
+                fh.write(extra.bytes())
+        key_path = args.local_ca / "relay.key"
+        ca.server.private_key_pem.write_to_path(str(key_path))
+        os.chmod(key_path, 0o600)
+        cfg = cfg.with_overrides(tls_cert=str(args.local_ca / "relay.crt"), tls_key=str(key_path))
+    return asyncio.run(_serve(cfg, args.ready_file))
+
+
+async def _serve(cfg: RelayConfig, ready_file: Path | None) -> int:
+    from dsip.services.relay import Relay
+    from dsip.storage import open_store
+
+    server_ssl = None
+    if cfg.tls_cert and cfg.tls_key:
+        server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ssl.minimum_version = ssl.TLSVersion.TLSv1_3
+        server_ssl.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    key = _load_key(cfg)
+    store = await open_store(cfg.store, limits=store_limits(cfg))
+    relay = Relay(cfg, key, store, server_ssl=server_ssl)
+    await relay.start()
+    info = {
+        "did": relay.did,
+        "ws_port": relay.ws_port,
+        "quic_port": relay.quic_port,
+        "pid": os.getpid(),
+    }
+    scheme = "wss" if server_ssl else "ws"
+    print(f"relay {relay.did} listening on {scheme}://{cfg.host}:{relay.ws_port}/dsip", flush=True)
+    if ready_file is not None:
+        tmp = ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(ready_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("shutting down")
+    await relay.stop()
+    return 0

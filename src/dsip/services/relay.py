@@ -1,0 +1,555 @@
+"""The relay / homeserver (§13.2–§13.3): binds devices, routes envelopes, stores for the offline.
+
+Per connection:
+
+1. The first envelope must be a ``hello`` within ``hello_timeout_s``; anything else gets a
+   signed ``error transport.hello-required`` and the connection stays open for a hello.
+   A verified hello binds (device, identity); a new hello from an already-bound device
+   replaces its older connection (§13.2). The relay answers with its own signed hello.
+2. Every later envelope is verified (the full pipeline, shared duplicate-id store), must be
+   signed by the bound device, passes the per-IP, per-DID and per-DID invite token buckets,
+   and is routed by ``to``: to the bound device, or to every bound device of the identity
+   (multi-device fan-out; the sender's own connection excluded).
+3. No live device: a *known* identity (one that completed a hello here within the retention
+   window) gets the envelope stored — one transaction — until delivered and acknowledged
+   (``ack``, profile store-and-forward/1.0) or expired; an unknown identity gets
+   ``error transport.unknown-recipient``, except introductions, which are held silently
+   (§19.4 anti-enumeration).
+
+A relay never silently drops an envelope on a live connection (§13.2): a refusal is a
+signed ``error`` with the reason token. A slow reader cannot stall anyone else: each
+connection has a bounded send queue; when it is full the connection is closed and what
+could not be sent is stored for the device's next binding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsip.agent.resolver import DidResolver
+from dsip.config import RelayConfig
+from dsip.core.b64 import b64url_decode
+from dsip.core.envelope import Signed, Verified, Verifier, decode_jose, make_payload, sign_envelope
+from dsip.core.identity import KeyPair
+from dsip.core.jsonwire import loads_strict
+from dsip.core.jws import encode_frame
+from dsip.core.ratelimit import RateLimiter
+from dsip.core.ulid import is_ulid
+from dsip.errors import DsipError
+from dsip.storage.base import EnvelopeStore
+from dsip.transport.base import (
+    CLOSE_GOING_AWAY,
+    CLOSE_HELLO_TIMEOUT,
+    CLOSE_POLICY,
+    COSE_EXTENSION,
+    ConnectionClosed,
+    FrameConnection,
+)
+from dsip.transport.hello import ACK_EXTENSION, extensions_of, relay_hello
+
+__all__ = ["FirstContactHook", "Relay"]
+
+logger = logging.getLogger("dsip.relay")
+
+FirstContactHook = Callable[[Verified], str | None]
+"""Called for every routed envelope; returns a reason token to refuse it (trust issue)."""
+
+_SUPPORTED_EXTENSIONS = (ACK_EXTENSION,)
+
+
+@dataclass(eq=False)
+class _Peer:
+    conn: FrameConnection
+    device: str | None = None
+    identity: str | None = None
+    acks: bool = False
+    cose: bool = False
+    out: asyncio.Queue[str | bytes] = field(default_factory=lambda: asyncio.Queue(256))
+    writer: asyncio.Task[None] | None = None
+    # stored deliveries awaiting the device's ack: envelope id → store recipient key
+    unacked: dict[str, str] = field(default_factory=dict)
+    hello_deadline: float = 0.0
+
+
+class Relay:
+    """A relay bound to one identity key and one envelope store."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        key: KeyPair,
+        store: EnvelopeStore,
+        *,
+        did: str | None = None,
+        resolver: DidResolver | None = None,
+        server_ssl: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.time,
+        first_contact: FirstContactHook | None = None,
+    ) -> None:
+        self.config = config
+        self.key = key
+        self.did = did or config.did or key.did
+        self.store = store
+        self.resolver = resolver or DidResolver()
+        self.server_ssl = server_ssl
+        self.clock = clock
+        self.first_contact = first_contact
+        self.verifier = Verifier(self.resolver.cached)
+        self.devices: dict[str, _Peer] = {}
+        self.identities: dict[str, set[str]] = {}
+        self._peers: set[_Peer] = set()
+        self._rl_did = RateLimiter(config.envelopes_per_minute)
+        self._rl_invite = RateLimiter(config.invites_per_minute)
+        self._rl_ip = RateLimiter(config.ip_envelopes_per_minute)
+        self._servers: list[Any] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self.ws_port: int | None = None
+        self.quic_port: int | None = None
+        self.stats: dict[str, int] = {"received": 0, "routed": 0, "stored": 0, "refused": 0}
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from dsip.transport.ws import serve_ws
+
+        ws = await serve_ws(
+            self.serve_connection,
+            host=self.config.host,
+            port=self.config.ws_port,
+            ssl_context=self.server_ssl,
+        )
+        self._servers.append(ws)
+        self.ws_port = ws.port
+        if self.config.quic_port is not None:
+            from dsip.transport.quic import serve_quic
+
+            assert self.config.tls_cert
+            assert self.config.tls_key
+            q = await serve_quic(
+                self.serve_connection,
+                host=self.config.host,
+                port=self.config.quic_port,
+                certfile=self.config.tls_cert,
+                keyfile=self.config.tls_key,
+            )
+            self._servers.append(q)
+            self.quic_port = q.port
+        self._spawn(self._purge_loop())
+        logger.info("relay %s listening: ws=%s quic=%s", self.did, self.ws_port, self.quic_port)
+
+    async def stop(self) -> None:
+        """Graceful shutdown: stop listening, close connections (1001), close the store."""
+        self._closing = True
+        for server in self._servers:
+            await server.close()
+        for peer in list(self._peers):
+            await peer.conn.close(CLOSE_GOING_AWAY, "relay shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.store.close()
+        await self.resolver.aclose()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            try:
+                n = await self.store.purge_expired(int(self.clock()))
+                if n:
+                    logger.info("purged %d expired stored envelopes", n)
+            except DsipError as exc:  # pragma: no cover - store trouble is logged, not fatal
+                logger.warning("purge failed: %s", exc)
+
+    # --- one connection -------------------------------------------------------------------
+
+    async def serve_connection(self, conn: FrameConnection) -> None:
+        peer = _Peer(conn, out=asyncio.Queue(self.config.send_queue))
+        peer.hello_deadline = self.clock() + self.config.hello_timeout_s
+        self._peers.add(peer)
+        peer.writer = asyncio.create_task(self._writer(peer))
+        try:
+            while not self._closing:
+                timeout = None if peer.device else max(0.0, peer.hello_deadline - self.clock())
+                try:
+                    frame = await asyncio.wait_for(conn.recv(), timeout)
+                except TimeoutError:
+                    logger.info(
+                        "%s sent no verified hello in %ss", conn.remote, self.config.hello_timeout_s
+                    )
+                    await conn.close(CLOSE_HELLO_TIMEOUT, "no hello")
+                    return
+                await self._on_frame(peer, frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._unbind(peer)
+            self._peers.discard(peer)
+            if peer.writer:
+                peer.writer.cancel()
+            await self._requeue_unsent(peer)
+
+    async def _writer(self, peer: _Peer) -> None:
+        try:
+            while True:
+                frame = await peer.out.get()
+                await peer.conn.send(frame)
+        except (ConnectionClosed, asyncio.CancelledError):
+            return
+
+    async def _requeue_unsent(self, peer: _Peer) -> None:
+        """Frames still queued for a departed device go to its store-and-forward queue."""
+        if peer.device is None:
+            return
+        while not peer.out.empty():
+            frame = peer.out.get_nowait()
+            await self._store_frame(peer.device, frame)
+
+    async def _on_frame(self, peer: _Peer, frame: str | bytes) -> None:
+        now = self.clock()
+        self.stats["received"] += 1
+        if not self._rl_ip.allow(peer.conn.remote_ip, now):
+            await self._error(
+                peer,
+                frame,
+                "transport.rate-limited",
+                "per-IP rate limit",
+                retry_after=self._rl_ip.retry_after(peer.conn.remote_ip),
+            )
+            return
+        try:
+            signed = self._decode(peer, frame)
+            await self._prefetch(signed)
+            v = self.verifier.verify_signed(
+                signed, now=int(now), hello_verified=peer.device is not None
+            )
+        except DsipError as exc:
+            self.stats["refused"] += 1
+            reason = exc.reason
+            if peer.device is None and exc.code != "hello-required":
+                reason = "transport.hello-rejected"
+            logger.info("refused envelope from %s: %s", peer.conn.remote, exc)
+            await self._error(peer, frame, reason, exc.code)
+            return
+        if v.type == "hello":
+            await self._bind(peer, v)
+        elif v.type == "ack":
+            await self._on_ack(peer, v)
+        else:
+            await self._route(peer, v, now)
+
+    def _decode(self, peer: _Peer, frame: str | bytes) -> Signed:
+        if isinstance(frame, bytes):
+            if not peer.cose:
+                from dsip.errors import TransportError
+
+                raise TransportError(
+                    "binary frame without negotiated cose-envelope/1.0",
+                    code="envelope-shape",
+                    reason="session.unsupported-wire-format",
+                )
+            from dsip.core.cose import decode_cose
+
+            return decode_cose(frame)
+        return decode_jose(frame)
+
+    async def _prefetch(self, signed: Signed) -> None:
+        """Resolve the did:web documents verification will need (kid, delegation subjects)."""
+        dids = {signed.kid.split("#", 1)[0]}
+        for d in signed.header.get("delegations", ()) or ():
+            try:
+                body, _ = loads_strict(b64url_decode(str(d.get("payload", ""))))
+                if isinstance(body, dict) and isinstance(body.get("subject"), str):
+                    dids.add(body["subject"])
+            except (DsipError, AttributeError):
+                continue
+        for did in dids:
+            if did.startswith("did:web:") and self.resolver.cached(did) is None:
+                with contextlib.suppress(DsipError):  # the verifier reports kid-unresolvable
+                    await self.resolver.resolve(did)
+
+    # --- binding --------------------------------------------------------------------------
+
+    async def _bind(self, peer: _Peer, v: Verified) -> None:
+        device, identity = v.signer, v.identity
+        if peer.device is not None and (peer.device, peer.identity) != (device, identity):
+            self._unbind(peer)  # re-hello with another key replaces the binding
+        old = self.devices.get(device)
+        if old is not None and old is not peer:
+            logger.info("device %s re-bound: closing its older connection", device)
+            self._unbind(old)
+            await old.conn.close(CLOSE_POLICY, "replaced by a newer connection")
+        exts = extensions_of(v.payload)
+        peer.device, peer.identity = device, identity
+        peer.acks = ACK_EXTENSION in exts
+        offered = [e for e in _SUPPORTED_EXTENSIONS if e in exts]
+        if COSE_EXTENSION in exts and self._cose_available():
+            offered.append(COSE_EXTENSION)
+            peer.cose = True
+        self.devices[device] = peer
+        self.identities.setdefault(identity, set()).add(device)
+        now = int(self.clock())
+        await self.store.remember_identity(identity, now=now)
+        await self.store.remember_identity(device, now=now)
+        await peer.out.put(
+            relay_hello(
+                self.key,
+                relay_did=self.did,
+                in_reply_to=v.id,
+                now=now,
+                offline_retention_s=self.config.offline_retention_s,
+                rate_limit={
+                    "envelopes_per_minute": self.config.envelopes_per_minute,
+                    "invites_per_minute": self.config.invites_per_minute,
+                },
+                extensions=offered,
+            )
+        )
+        logger.info("bound %s for %s on %s", device, identity, peer.conn.remote)
+        self._spawn(self._flush(peer))
+
+    def _cose_available(self) -> bool:
+        try:
+            import dsip.core.cose  # noqa: F401
+        except ImportError:  # pragma: no cover
+            return False
+        return True
+
+    def _unbind(self, peer: _Peer) -> None:
+        if peer.device is None:
+            return
+        if self.devices.get(peer.device) is peer:
+            del self.devices[peer.device]
+            devs = self.identities.get(peer.identity or "", set())
+            devs.discard(peer.device)
+            if not devs:
+                self.identities.pop(peer.identity or "", None)
+
+    async def _flush(self, peer: _Peer) -> None:
+        """Deliver what was stored for this device and its identity, in order."""
+        assert peer.device
+        assert peer.identity
+        now = int(self.clock())
+        for key in dict.fromkeys((peer.device, peer.identity)):
+            after = 0
+            while True:
+                batch = await self.store.pending(key, now=now, after_seq=after, limit=100)
+                if not batch:
+                    break
+                for item in batch:
+                    after = item.seq
+                    frame = item.wire if item.wire[:1] != b"{" else item.wire.decode()
+                    if peer.acks:
+                        peer.unacked[item.envelope_id] = key
+                    try:
+                        await peer.out.put(frame)
+                    except asyncio.CancelledError:  # pragma: no cover
+                        return
+                    if not peer.acks:
+                        # No custody acknowledgement from this client: handing the frame to a
+                        # live connection is delivery (§13.2).
+                        await self.store.ack(key, item.envelope_id)
+
+    async def _on_ack(self, peer: _Peer, v: Verified) -> None:
+        if v.signer != peer.device:
+            return
+        for env_id in v.payload.get("acks", []):
+            key = peer.unacked.pop(env_id, None)
+            if key is not None:
+                await self.store.ack(key, env_id)
+
+    # --- routing --------------------------------------------------------------------------
+
+    async def _route(self, peer: _Peer, v: Verified, now: float) -> None:
+        if v.signer != peer.device:
+            await self._error(
+                peer,
+                v.wire,
+                "transport.routing-refused",
+                "not signed by the bound device",
+                in_reply_to=v.id,
+            )
+            return
+        ident = v.identity
+        if not self._rl_did.allow(ident, now):
+            await self._error(
+                peer,
+                v.wire,
+                "transport.rate-limited",
+                "per-DID rate limit",
+                in_reply_to=v.id,
+                retry_after=self._rl_did.retry_after(ident),
+            )
+            return
+        if v.type == "invite" and not self._rl_invite.allow(ident, now):
+            await self._error(
+                peer,
+                v.wire,
+                "policy.rate-limited",
+                "invite rate limit",
+                in_reply_to=v.id,
+                retry_after=self._rl_invite.retry_after(ident),
+            )
+            return
+        if self.first_contact is not None:
+            refusal = self.first_contact(v)
+            if refusal:
+                await self._error(peer, v.wire, refusal, "first-contact policy", in_reply_to=v.id)
+                return
+        to = v.payload.get("to")
+        if not isinstance(to, str):
+            await self._error(
+                peer, v.wire, "transport.routing-refused", "no recipient", in_reply_to=v.id
+            )
+            return
+        targets = self._targets(to, exclude=peer)
+        if targets:
+            for target in targets:
+                await self._deliver(target, v.wire)
+            self.stats["routed"] += 1
+            return
+        if v.type == "introduction" or await self.store.is_known(
+            to, now=int(now), retention_s=self.config.offline_retention_s
+        ):
+            try:
+                await self._store(to, v)
+            except DsipError as exc:
+                await self._error(peer, v.wire, exc.reason, exc.code, in_reply_to=v.id)
+            return
+        await self._error(
+            peer,
+            v.wire,
+            "transport.unknown-recipient",
+            f"{to} is not served here",
+            in_reply_to=v.id,
+        )
+
+    def _targets(self, to: str, *, exclude: _Peer) -> list[_Peer]:
+        peer = self.devices.get(to)
+        if peer is not None:
+            return [] if peer is exclude else [peer]
+        return [
+            self.devices[d]
+            for d in sorted(self.identities.get(to, ()))
+            if self.devices[d] is not exclude
+        ]
+
+    async def _deliver(self, target: _Peer, frame: str | bytes) -> None:
+        try:
+            target.out.put_nowait(frame)
+        except asyncio.QueueFull:
+            # A reader this slow would stall everyone behind it: cut it loose; what it did
+            # not take is stored for its next binding.
+            logger.warning("closing slow connection of %s (send queue full)", target.device)
+            self._unbind(target)
+            await target.conn.close(CLOSE_POLICY, "send queue full")
+            if target.device:
+                await self._store_frame(target.device, frame)
+
+    async def _store(self, recipient: str, v: Verified) -> None:
+        expires = min(
+            int(v.payload["expires_at"]), int(self.clock()) + self.config.offline_retention_s
+        )
+        wire = v.wire.encode() if isinstance(v.wire, str) else v.wire
+        await self.store.put(recipient, v.id, wire, expires_at=expires, now=int(self.clock()))
+        self.stats["stored"] += 1
+
+    async def _store_frame(self, recipient: str, frame: str | bytes) -> None:
+        """Store an already-verified frame again (slow or departed connection)."""
+        try:
+            signed = (
+                frame
+                if isinstance(frame, Signed)
+                else decode_jose(frame)
+                if isinstance(frame, str)
+                else None
+            )
+            if signed is None:
+                from dsip.core.cose import decode_cose
+
+                signed = decode_cose(frame)  # type: ignore[arg-type]
+            body, _ = signed.decode_payload(signed.payload_bytes)
+            env_id, expires = body["id"], int(body["expires_at"])
+        except (DsipError, KeyError, TypeError, ValueError):
+            return  # our own relay hello or error frames: nothing to keep
+        if (
+            not is_ulid(env_id)
+            or (body.get("type") in ("hello", "error")
+            and body.get("from") == self.did)
+        ):
+            return
+        wire = frame.encode() if isinstance(frame, str) else frame
+        now = int(self.clock())
+        if expires > now:
+            with contextlib.suppress(DsipError):
+                await self.store.put(
+                    recipient,
+                    env_id,
+                    wire,
+                    expires_at=min(expires, now + self.config.offline_retention_s),
+                    now=now,
+                )
+
+    # --- errors ---------------------------------------------------------------------------
+
+    async def _error(
+        self,
+        peer: _Peer,
+        frame: str | bytes,
+        reason: str,
+        detail: str,
+        *,
+        in_reply_to: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        sender, msg_id = _peek(frame)
+        fields: dict[str, Any] = {
+            "to": peer.device or sender or self.did,
+            "reason": reason,
+            "detail": detail[:200],
+        }
+        irt = in_reply_to or msg_id
+        if irt:
+            fields["in_reply_to"] = irt
+        if retry_after is not None:
+            fields["retry_after"] = retry_after
+        payload = make_payload(
+            "error", sender=self.did, now=int(self.clock()), profiles=[], **fields
+        )
+        try:
+            peer.out.put_nowait(encode_frame(sign_envelope(payload, self.key)))
+        except asyncio.QueueFull:
+            await peer.conn.close(CLOSE_POLICY, "send queue full")
+
+
+def _peek(frame: str | bytes | Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """Best-effort (from, id) of an envelope that failed verification, for the error reply."""
+    try:
+        if isinstance(frame, bytes):
+            return None, None
+        signed = decode_jose(frame)
+        body, _ = loads_strict(signed.payload_bytes)
+    except DsipError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    sender = body.get("from") if isinstance(body.get("from"), str) else None
+    msg_id = body.get("id") if is_ulid(body.get("id")) else None
+    from dsip.core.identity import is_did
+
+    return (sender if is_did(sender) else None), msg_id
