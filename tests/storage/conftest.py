@@ -100,7 +100,7 @@ def postgres_url() -> Iterator[str]:
                 timeout=60,
             )
             port = _free_port()
-            options = f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off"
+            options = f"-c listen_addresses=127.0.0.1 -p {port} -k {base}"
             run(
                 str(bindir / "pg_ctl"),
                 "start",
@@ -127,5 +127,7 @@ def postgres_url() -> Iterator[str]:
     finally:
         if started:
             with contextlib.suppress(subprocess.SubprocessError):
-                run(str(bindir / "pg_ctl"), "stop", "--mode=immediate", "--wait", f"--pgdata={data}")
+                run(
+                    str(bindir / "pg_ctl"), "stop", "--mode=immediate", "--wait", f"--pgdata={data}"
+                )
         shutil.rmtree(base, ignore_errors=True)

@@ -29,7 +29,9 @@ from typing import Any
 
 from dsip.core.envelope import Verified, Verifier, decode_jose, make_payload, sign_envelope
 from dsip.core.identity import KeyPair
+from dsip.core.jsonwire import loads_strict
 from dsip.core.jws import encode_frame
+from dsip.core.ulid import is_ulid
 from dsip.core.semantic import SemanticContext
 from dsip.errors import DsipError, TransportError
 from dsip.transport.base import COSE_EXTENSION, ConnectionClosed, FrameConnection
@@ -203,6 +205,10 @@ class SignalingClient:
                     else:
                         v = self.verifier.verify(frame, now=int(self.clock()))
                 except DsipError as exc:
+                    if exc.code == "duplicate-id":
+                        # Already delivered to us once (the relay lost our ack): take custody
+                        # again so the relay can let go, but do not show it twice.
+                        self._ack_duplicate(frame)
                     logger.info("dropped inbound envelope: %s", exc)
                     continue
                 if (
@@ -219,6 +225,17 @@ class SignalingClient:
             pass
         finally:
             self._inbox.put_nowait(None)
+
+    def _ack_duplicate(self, frame: str | bytes) -> None:
+        if ACK_EXTENSION not in self.negotiated or isinstance(frame, bytes):
+            return
+        try:
+            body, _ = loads_strict(decode_jose(frame).payload_bytes)
+        except DsipError:
+            return
+        if isinstance(body, dict) and is_ulid(body.get("id")):
+            self._pending_acks.append(str(body["id"]))
+            self._ack_wakeup.set()
 
     async def _ack_loop(self) -> None:
         while True:

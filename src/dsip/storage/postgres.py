@@ -33,6 +33,7 @@ its own schema through the URL (``?options=-csearch_path%3Ddsip``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -104,6 +105,9 @@ class PostgresStore:
         self.limits = limits
         self._pool = pool
         self._closed = False
+        self._in_flight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
 
     @classmethod
     async def open(
@@ -152,11 +156,19 @@ class PostgresStore:
         """Run ``fn`` in one transaction on a pooled connection."""
         if self._closed:
             raise StoreError("the store is closed", code="store-closed")
+        # Counted so that close() lets calls already made finish: the pool itself would
+        # fail callers still waiting for a connection.
+        self._in_flight += 1
+        self._drained.clear()
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 return await fn(conn)
         except psycopg.Error as exc:
             raise _db_error(exc) from exc
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._drained.set()
 
     # -- EnvelopeStore -----------------------------------------------------------------
 
@@ -301,10 +313,11 @@ class PostgresStore:
         return await self._run(forget)
 
     async def close(self) -> None:
-        """Wait for connections in use to come back, then close the pool."""
+        """Let calls already made finish, then close every connection."""
         if self._closed:
             return
         self._closed = True
+        await self._drained.wait()
         await self._pool.close()
 
 
