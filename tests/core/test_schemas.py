@@ -145,6 +145,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         endpoints=[{"uri": "wss://relay.example/dsip", "bindings": ["ws/1.0"]}],
         seq=NOW,
     ),
+    "ack": message("ack", acks=[ulid(11), ulid(12)]),
 }
 RELAY_HELLO = message(
     "hello",
@@ -235,7 +236,30 @@ def refs(node: Any) -> Iterator[str]:
 
 def test_schema_set_is_complete() -> None:
     assert set(schema_files()) == SCHEMA_NAMES | {"common"}
-    assert len(MESSAGE_TYPES) == 19
+    # The 19 v0.7 types (§12.1, hello, reachability-hint) plus dsip's profile types.
+    v07 = {
+        "invite",
+        "progress",
+        "answer",
+        "reject",
+        "cancel",
+        "update",
+        "info",
+        "bye",
+        "error",
+        "hello",
+        "subscribe",
+        "notify",
+        "publish",
+        "unpublish",
+        "provenance",
+        "introduction",
+        "grant",
+        "key-rotation",
+        "reachability-hint",
+    }
+    assert v07 <= MESSAGE_TYPES
+    assert MESSAGE_TYPES - v07 == {"ack"}
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMA_NAMES | {"common"}))

@@ -68,6 +68,9 @@ def postgres_url() -> Iterator[str]:
     psycopg = pytest.importorskip(
         "psycopg", reason="psycopg not installed: pip install 'psycopg[binary]' psycopg-pool"
     )
+    pytest.importorskip(
+        "psycopg_pool", reason="psycopg-pool not installed: pip install psycopg-pool"
+    )
     drop = _run_as()
     # Not under pytest's tmp_path: its parents are 0700 root, which the server user cannot enter.
     base = Path(tempfile.mkdtemp(prefix="dsip-pg-"))

@@ -57,6 +57,17 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_run)
 
 
+def run_event_loop(main: Any) -> int:
+    """Run ``main`` on uvloop when installed (libuv: roughly halves per-message loop overhead
+    for a relay), else on the standard asyncio loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        return int(asyncio.run(main))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return int(runner.run(main))
+
+
 def store_limits(cfg: RelayConfig) -> Any:
     from dsip.storage import StoreLimits
 
@@ -110,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
         ca.server.private_key_pem.write_to_path(str(key_path))
         os.chmod(key_path, 0o600)
         cfg = cfg.with_overrides(tls_cert=str(args.local_ca / "relay.crt"), tls_key=str(key_path))
-    return asyncio.run(_serve(cfg, args.ready_file))
+    return run_event_loop(_serve(cfg, args.ready_file))
 
 
 async def _serve(cfg: RelayConfig, ready_file: Path | None) -> int:

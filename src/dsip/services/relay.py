@@ -487,10 +487,8 @@ class Relay:
             env_id, expires = body["id"], int(body["expires_at"])
         except (DsipError, KeyError, TypeError, ValueError):
             return  # our own relay hello or error frames: nothing to keep
-        if (
-            not is_ulid(env_id)
-            or (body.get("type") in ("hello", "error")
-            and body.get("from") == self.did)
+        if not is_ulid(env_id) or (
+            body.get("type") in ("hello", "error") and body.get("from") == self.did
         ):
             return
         wire = frame.encode() if isinstance(frame, str) else frame

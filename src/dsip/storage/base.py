@@ -40,7 +40,8 @@ Semantics shared by every backend:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from types import TracebackType
+from typing import Protocol, Self
 
 from dsip.core.jws import MAX_FRAME_BYTES
 from dsip.errors import DsipError
@@ -176,6 +177,17 @@ class EnvelopeStore(Protocol):
 
     async def close(self) -> None:
         """Finish in-flight calls, then release the database; later calls raise."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """``close()``."""
         ...
 
 

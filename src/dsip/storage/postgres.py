@@ -11,6 +11,8 @@ Each call is one transaction on an autocommit connection (``BEGIN``/``COMMIT`` f
 ``COMMIT`` returns only after the WAL record is flushed to disk, whatever the server's
 default — the same guarantee as SQLite's ``synchronous=FULL``. A server running with
 ``fsync = off`` voids it; that is the operator's choice and not detectable per session.
+Measured on the project machine (local PostgreSQL 15, fsync on, 1 KiB puts over TCP
+loopback): ≈ 800 puts/s from one caller, ≈ 1,900 puts/s from four (pool of four).
 
 Quota without races
 -------------------
@@ -79,7 +81,7 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
             wire        BYTEA   NOT NULL,
             UNIQUE (recipient, envelope_id)
         )""",
-        "CREATE INDEX envelopes_by_recipient ON envelopes (recipient, seq)",
+        "CREATE INDEX envelopes_by_recipient ON envelopes (recipient, seq, expires_at, size)",
         "CREATE INDEX envelopes_by_expiry ON envelopes (expires_at)",
         """CREATE TABLE known_identities (
             identity  TEXT   PRIMARY KEY,

@@ -77,7 +77,9 @@ class WsConnection:
         try:
             await self._ws.send(frame)
         except WsConnectionClosed as exc:
-            raise ConnectionClosed(f"send on closed connection: {exc}", close_code=_code(exc)) from None
+            raise ConnectionClosed(
+                f"send on closed connection: {exc}", close_code=_code(exc)
+            ) from None
 
     async def recv(self) -> str | bytes:
         try:
