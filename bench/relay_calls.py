@@ -116,7 +116,7 @@ def sipp_reference() -> tuple[float, str]:
     sipp = shutil.which("sipp")
     if sipp is None:
         return 0.0, "sipp not installed (Debian package sip-tester)"
-    uas = subprocess.Popen(  # noqa: S603
+    uas = subprocess.Popen(
         [sipp, "-sn", "uas", "-i", "127.0.0.1", "-p", "15070", "-nostdin"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -129,7 +129,7 @@ def sipp_reference() -> tuple[float, str]:
                 calls = target * 2
                 stat = Path(tmp) / f"stat-{target}.csv"
                 t0 = time.monotonic()
-                subprocess.run(  # noqa: S603
+                subprocess.run(
                     [
                         sipp,
                         "-sn",
@@ -191,7 +191,7 @@ def main() -> None:
         "[relay]\nenvelopes_per_minute = 1000000\ninvites_per_minute = 1000000\n"
         "ip_envelopes_per_minute = 100000000\nsend_queue = 4096\n"
     )
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",

@@ -101,7 +101,8 @@ class BackToBack(RuleBasedStateMachine):
                 if em.type == "update":
                     # §12.8 rule 2: never a second outstanding update on one session
                     prior = before.get(em.session or "")
-                    assert prior is not None and prior.outstanding_update is None
+                    assert prior is not None
+                    assert prior.outstanding_update is None
                 self.put_on_wire(side, em)
             elif isinstance(em, TimerStart):
                 self.timers[side].add((em.session or "", em.name))
@@ -117,7 +118,8 @@ class BackToBack(RuleBasedStateMachine):
                 if view.role is Role.INITIATOR:
                     # §14.1: no media without a signed answer the initiator accepted
                     assert received is not None
-                    assert received["type"] == "answer" and "in_reply_to" not in received
+                    assert received["type"] == "answer"
+                    assert "in_reply_to" not in received
                     assert received["session"] == sid
                     assert before[sid].state in (SessionState.INVITING, SessionState.PROCEEDING)
                 self.media[side].add(sid)

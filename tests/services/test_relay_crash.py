@@ -34,7 +34,7 @@ class RelayProcess:
     def start(self) -> None:
         ready = self.workdir / "ready.json"
         ready.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(  # noqa: S603 - our own CLI
+        self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -82,8 +82,7 @@ class RelayProcess:
     def ssl(self) -> object:
         import ssl
 
-        ctx = ssl.create_default_context(cafile=str(self.workdir / "tls" / "ca.pem"))
-        return ctx
+        return ssl.create_default_context(cafile=str(self.workdir / "tls" / "ca.pem"))
 
     def stored(self, recipient: str) -> int:
         db = sqlite3.connect(f"file:{self.workdir}/relay.db?mode=ro", uri=True, timeout=5)

@@ -31,8 +31,8 @@ from dsip.core.envelope import Verified, Verifier, decode_jose, make_payload, si
 from dsip.core.identity import KeyPair
 from dsip.core.jsonwire import loads_strict
 from dsip.core.jws import encode_frame
-from dsip.core.ulid import is_ulid
 from dsip.core.semantic import SemanticContext
+from dsip.core.ulid import is_ulid
 from dsip.errors import DsipError, TransportError
 from dsip.transport.base import COSE_EXTENSION, ConnectionClosed, FrameConnection
 from dsip.transport.hello import ACK_EXTENSION, client_hello, extensions_of

@@ -58,11 +58,13 @@ def register(sub: Any) -> None:
 
 
 def run_event_loop(main: Any) -> int:
-    """Run ``main`` on uvloop when installed (libuv: roughly halves per-message loop overhead
-    for a relay), else on the standard asyncio loop."""
+    """Run ``main`` on uvloop when installed, else (or with ``DSIP_EVENT_LOOP=asyncio``) on
+    the standard asyncio loop."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        return int(asyncio.run(main))
+    if os.environ.get("DSIP_EVENT_LOOP") == "asyncio":
         return int(asyncio.run(main))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return int(runner.run(main))

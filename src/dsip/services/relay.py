@@ -29,6 +29,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,7 +72,8 @@ class _Peer:
     identity: str | None = None
     acks: bool = False
     cose: bool = False
-    out: asyncio.Queue[str | bytes] = field(default_factory=lambda: asyncio.Queue(256))
+    limit: int = 256  # send-queue bound, frames
+    out: deque[str | bytes] = field(default_factory=deque)
     writer: asyncio.Task[None] | None = None
     # stored deliveries awaiting the device's ack: envelope id → store recipient key
     unacked: dict[str, str] = field(default_factory=dict)
@@ -179,10 +181,9 @@ class Relay:
     # --- one connection -------------------------------------------------------------------
 
     async def serve_connection(self, conn: FrameConnection) -> None:
-        peer = _Peer(conn, out=asyncio.Queue(self.config.send_queue))
+        peer = _Peer(conn, limit=self.config.send_queue)
         peer.hello_deadline = self.clock() + self.config.hello_timeout_s
         self._peers.add(peer)
-        peer.writer = asyncio.create_task(self._writer(peer))
         try:
             while not self._closing:
                 timeout = None if peer.device else max(0.0, peer.hello_deadline - self.clock())
@@ -205,19 +206,45 @@ class Relay:
             await self._requeue_unsent(peer)
 
     async def _writer(self, peer: _Peer) -> None:
+        """Drain the peer's send queue, then exit: idle connections hold no writer task."""
         try:
-            while True:
-                frame = await peer.out.get()
-                await peer.conn.send(frame)
+            while peer.out:
+                await peer.conn.send(peer.out.popleft())
         except (ConnectionClosed, asyncio.CancelledError):
             return
+        finally:
+            peer.writer = None
+        if peer.out:  # raced with an enqueue after our last check
+            self._kick(peer)
+
+    def _kick(self, peer: _Peer) -> None:
+        if peer.writer is None and not peer.conn.closed:
+            peer.writer = asyncio.create_task(self._writer(peer))
+
+    def _enqueue(self, peer: _Peer, frame: str | bytes) -> None:
+        """Queue a frame for ``peer`` without waiting; raises ``asyncio.QueueFull``."""
+        if len(peer.out) >= peer.limit:
+            raise asyncio.QueueFull
+        peer.out.append(frame)
+        self._kick(peer)
+
+    async def _enqueue_wait(self, peer: _Peer, frame: str | bytes) -> None:
+        """Queue a frame, waiting for room (flushes of stored envelopes)."""
+        while True:
+            try:
+                self._enqueue(peer, frame)
+                return
+            except asyncio.QueueFull:
+                if peer.conn.closed:
+                    raise ConnectionClosed("peer went away during flush") from None
+                await asyncio.sleep(0.01)
 
     async def _requeue_unsent(self, peer: _Peer) -> None:
         """Frames still queued for a departed device go to its store-and-forward queue."""
         if peer.device is None:
             return
-        while not peer.out.empty():
-            frame = peer.out.get_nowait()
+        while peer.out:
+            frame = peer.out.popleft()
             await self._store_frame(peer.device, frame)
 
     async def _on_frame(self, peer: _Peer, frame: str | bytes) -> None:
@@ -306,7 +333,8 @@ class Relay:
         now = int(self.clock())
         await self.store.remember_identity(identity, now=now)
         await self.store.remember_identity(device, now=now)
-        await peer.out.put(
+        self._enqueue(
+            peer,
             relay_hello(
                 self.key,
                 relay_did=self.did,
@@ -318,7 +346,7 @@ class Relay:
                     "invites_per_minute": self.config.invites_per_minute,
                 },
                 extensions=offered,
-            )
+            ),
         )
         logger.info("bound %s for %s on %s", device, identity, peer.conn.remote)
         self._spawn(self._flush(peer))
@@ -357,8 +385,8 @@ class Relay:
                     if peer.acks:
                         peer.unacked[item.envelope_id] = key
                     try:
-                        await peer.out.put(frame)
-                    except asyncio.CancelledError:  # pragma: no cover
+                        await self._enqueue_wait(peer, frame)
+                    except (asyncio.CancelledError, ConnectionClosed):
                         return
                     if not peer.acks:
                         # No custody acknowledgement from this client: handing the frame to a
@@ -451,7 +479,7 @@ class Relay:
 
     async def _deliver(self, target: _Peer, frame: str | bytes) -> None:
         try:
-            target.out.put_nowait(frame)
+            self._enqueue(target, frame)
         except asyncio.QueueFull:
             # A reader this slow would stall everyone behind it: cut it loose; what it did
             # not take is stored for its next binding.
@@ -530,7 +558,7 @@ class Relay:
             "error", sender=self.did, now=int(self.clock()), profiles=[], **fields
         )
         try:
-            peer.out.put_nowait(encode_frame(sign_envelope(payload, self.key)))
+            self._enqueue(peer, encode_frame(sign_envelope(payload, self.key)))
         except asyncio.QueueFull:
             await peer.conn.close(CLOSE_POLICY, "send queue full")
 
