@@ -30,7 +30,6 @@ from pathlib import Path
 from dsip.agent.signaling import SignalingClient
 from dsip.core.envelope import Verifier
 from dsip.core.identity import KeyPair
-from dsip.core.jws import encode_frame
 from dsip.storage import SqliteStore, StoreLimits
 from dsip.transport.hello import client_hello
 from dsip.transport.ws import connect_ws

@@ -26,7 +26,6 @@ __all__ = ["Outcome", "Report", "load_vectors", "run_directory", "run_vector"]
 
 # kind → why it is skipped (the issue that brings the component).
 NOT_IMPLEMENTED: dict[str, str] = {
-    "state": "session state machines arrive with the signaling issue",
     "dht": "reachability hints arrive with the discovery issue",
     "broadcast": "publication verification arrives with the discovery issue",
     "media-binding": "the WebRTC binding arrives with the media issue",
@@ -98,6 +97,8 @@ def run_directory(directory: Path, only: set[str] | None = None) -> Report:
 def run_vector(vid: str, vec: Mapping[str, Any]) -> Outcome:
     category = vid.split("/", 1)[0]
     kind = str(vec.get("kind"))
+    if kind == "state":
+        return _run_state_vector(vid, category, vec)
     handler = _HANDLERS.get(kind)
     if handler is None:
         why = NOT_IMPLEMENTED.get(kind, f"unknown vector kind {kind!r}")
@@ -113,6 +114,20 @@ def run_vector(vid: str, vec: Mapping[str, Any]) -> Outcome:
 
 
 # --- kinds ----------------------------------------------------------------------------
+
+
+def _run_state_vector(vid: str, category: str, vec: Mapping[str, Any]) -> Outcome:
+    from dsip.conformance_state import StateSkip, run_state
+
+    try:
+        problems = run_state(vec.get("context", {}), vec["input"])
+    except StateSkip as skip:
+        return Outcome(vid, category, "state", "skipped", str(skip))
+    except Exception as exc:
+        return Outcome(vid, category, "state", "failed", f"crashed: {type(exc).__name__}: {exc}")
+    if problems:
+        return Outcome(vid, category, "state", "failed", "; ".join(problems[:5]))
+    return Outcome(vid, category, "state", "passed")
 
 
 def _supported(ctx: Mapping[str, Any]) -> Supported:

@@ -145,7 +145,6 @@ def test_decode_frame_dispatches_text_to_jose_and_binary_to_cose(alice: KeyPair)
     p = _invite(alice)
     assert decode_frame(encode_frame(sign_envelope(p, alice))).encoding == "jose"
     assert decode_frame(sign_cose(p, alice)).encoding == "cose"
-    assert decode_cose(bytearray(sign_cose(p, alice))).kid == alice.kid
 
 
 def test_cose_frames_are_smaller_than_jose_frames(alice: KeyPair) -> None:
@@ -486,7 +485,8 @@ def test_every_cbor_tag_is_refused_in_a_payload() -> None:
     # cbor2 decodes about twenty tags natively; a new cbor2 release adding one must not
     # open a hole. The low range holds all registered "native" tags.
     for tag in [*range(0, 1200), 43000, 55799, 55800, 2**16 - 1, 2**32, 2**63]:
-        for inner in (0, "x", b"x", [0], {}):
+        inners: tuple[object, ...] = (0, "x", b"x", [0], {})
+        for inner in inners:
             raw = _cbor({"t": cbor2.CBORTag(tag, inner)})
             with pytest.raises(DsipError) as err:
                 loads_cbor_strict(raw)

@@ -42,10 +42,10 @@ from dsip.transport.quic import (
     CLOSE_INVALID_DATA,
     RECV_WINDOW,
     SEND_BUFFER,
-    FrameDecoder,
     QuicServer,
+    StreamFrameDecoder,
     connect_quic,
-    encode_frame,
+    encode_stream_frame,
     serve_quic,
 )
 from tests.conftest import NOW, vector_key
@@ -228,7 +228,7 @@ async def test_a_max_size_frame_passes_and_one_byte_more_closes_1009(pki: Pki) -
     seen = Seen()
     async with asyncio.timeout(BOUND), running(pki, seen.reader) as server:
         async with raw_peer(pki, server) as peer:
-            peer.write(encode_frame("ok"))
+            peer.write(encode_stream_frame("ok"))
             # Only the header of an oversize frame: the refusal must not wait for the body.
             peer.write(b"\x01" + (MAX_FRAME_BYTES + 1).to_bytes(4, "big"))
             ended = await peer.terminated
@@ -379,7 +379,7 @@ async def test_garbage_on_the_stream_closes_the_connection(
     seen = Seen()
     async with asyncio.timeout(BOUND), running(pki, seen.reader) as server:
         async with raw_peer(pki, server) as peer:
-            peer.write(encode_frame(b"fine"))
+            peer.write(encode_stream_frame(b"fine"))
             peer.write(data)
             ended = await peer.terminated
         exc = await seen.ended
@@ -398,14 +398,14 @@ async def drain(conn: FrameConnection) -> None:
 async def test_a_second_stream_or_a_frame_cut_by_fin_is_a_protocol_error(pki: Pki) -> None:
     async with asyncio.timeout(BOUND), running(pki, drain) as server:
         async with raw_peer(pki, server) as peer:
-            peer.write(encode_frame("first"))
-            peer.write(encode_frame("second stream"), stream_id=4)
+            peer.write(encode_stream_frame("first"))
+            peer.write(encode_stream_frame("second stream"), stream_id=4)
             assert (await peer.terminated).error_code == CLOSE_PROTOCOL
         async with raw_peer(pki, server) as peer:
-            peer.write(encode_frame("cut")[:-1], end=True)
+            peer.write(encode_stream_frame("cut")[:-1], end=True)
             assert (await peer.terminated).error_code == CLOSE_PROTOCOL
         async with raw_peer(pki, server) as peer:
-            peer.write(encode_frame("clean end"), end=True)
+            peer.write(encode_stream_frame("clean end"), end=True)
             assert (await peer.terminated).error_code == CLOSE_NORMAL
 
 
@@ -421,7 +421,7 @@ async def test_a_slow_reader_blocks_the_sender_instead_of_growing_memory(pki: Pk
         await seen.reader(conn)
 
     frame = b"x" * MAX_FRAME_BYTES
-    wire = len(encode_frame(frame))
+    wire = len(encode_stream_frame(frame))
     async with asyncio.timeout(BOUND), running(pki, slow) as server, client(pki, server) as conn:
         sent = 0
         for _ in range(200):  # 13 MB if nothing pushed back
@@ -511,25 +511,25 @@ async def test_keepalive_holds_a_quiet_connection_and_a_partition_is_detected(pk
 
 
 def test_encode_frame_kinds_and_limits() -> None:
-    assert encode_frame("é") == b"\x00\x00\x00\x00\x02\xc3\xa9"
-    assert encode_frame(b"\x01") == b"\x01\x00\x00\x00\x01\x01"
+    assert encode_stream_frame("é") == b"\x00\x00\x00\x00\x02\xc3\xa9"
+    assert encode_stream_frame(b"\x01") == b"\x01\x00\x00\x00\x01\x01"
     with pytest.raises(FrameTooLargeError):
-        encode_frame(b"x" * (MAX_FRAME_BYTES + 1))
+        encode_stream_frame(b"x" * (MAX_FRAME_BYTES + 1))
     with pytest.raises(TransportError):
-        encode_frame(5)  # type: ignore[arg-type]
+        encode_stream_frame(5)  # type: ignore[arg-type]
 
 
 def test_decoder_refuses_a_bad_kind_at_the_first_byte_and_a_big_length_at_the_header() -> None:
-    dec = FrameDecoder()
+    dec = StreamFrameDecoder()
     assert dec.feed(b"\x09") == []
     assert dec.error is not None
     assert dec.error.close_code == CLOSE_PROTOCOL
-    dec = FrameDecoder()
+    dec = StreamFrameDecoder()
     assert dec.feed(b"\x01" + (MAX_FRAME_BYTES + 1).to_bytes(4, "big")) == []
     assert dec.error is not None
     assert (dec.error.close_code, dec.error.code) == (CLOSE_TOO_BIG, "frame-too-large")
     assert dec.buffered == 0  # nothing of the body is kept
-    assert dec.feed(encode_frame("ignored after an error")) == []
+    assert dec.feed(encode_stream_frame("ignored after an error")) == []
 
 
 @settings(max_examples=200, deadline=None)
@@ -542,9 +542,9 @@ def test_decoder_refuses_a_bad_kind_at_the_first_byte_and_a_big_length_at_the_he
 def test_property_any_chunking_gives_the_same_frames(
     frames: list[str | bytes], cuts: list[int]
 ) -> None:
-    stream = b"".join(encode_frame(f) for f in frames)
+    stream = b"".join(encode_stream_frame(f) for f in frames)
     points = sorted({c % (len(stream) + 1) for c in cuts})
-    dec = FrameDecoder()
+    dec = StreamFrameDecoder()
     out: list[tuple[str | bytes, int]] = []
     for a, b in zip([0, *points], [*points, len(stream)], strict=True):
         out += dec.feed(stream[a:b])
@@ -557,7 +557,7 @@ def test_property_any_chunking_gives_the_same_frames(
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_property_arbitrary_stream_bytes_never_raise(data: bytes) -> None:
-    dec = FrameDecoder()
+    dec = StreamFrameDecoder()
     for f, size in dec.feed(data):
         assert isinstance(f, (str, bytes))
         assert size >= 5

@@ -195,7 +195,13 @@ class Relay:
                     )
                     await conn.close(CLOSE_HELLO_TIMEOUT, "no hello")
                     return
-                await self._on_frame(peer, frame)
+                try:
+                    await self._on_frame(peer, frame)
+                except (ConnectionClosed, asyncio.CancelledError):
+                    raise
+                except Exception:  # a relay bug must not take the connection down silently
+                    logger.exception("internal error handling a frame from %s", conn.remote)
+                    await self._error(peer, frame, "session.failed", "internal relay error")
         except ConnectionClosed:
             pass
         finally:
@@ -543,12 +549,14 @@ class Relay:
         in_reply_to: str | None = None,
         retry_after: int | None = None,
     ) -> None:
-        sender, msg_id = _peek(frame)
+        sender, msg_id, session = _peek(frame)
         fields: dict[str, Any] = {
             "to": peer.device or sender or self.did,
             "reason": reason,
             "detail": detail[:200],
         }
+        if session:
+            fields["session"] = session
         irt = in_reply_to or msg_id
         if irt:
             fields["in_reply_to"] = irt
@@ -563,19 +571,24 @@ class Relay:
             await peer.conn.close(CLOSE_POLICY, "send queue full")
 
 
-def _peek(frame: str | bytes | Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """Best-effort (from, id) of an envelope that failed verification, for the error reply."""
+def _peek(frame: str | bytes | Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """Best-effort (from, id, session) of an envelope being refused, for the error reply.
+
+    A refusal of a session message carries ``session`` so the caller's state machine can
+    attribute it (§12.2); for an invite the session is the invite's own id.
+    """
     try:
         if isinstance(frame, bytes):
-            return None, None
+            return None, None, None
         signed = decode_jose(frame)
         body, _ = loads_strict(signed.payload_bytes)
     except DsipError:
-        return None, None
+        return None, None, None
     if not isinstance(body, dict):
-        return None, None
-    sender = body.get("from") if isinstance(body.get("from"), str) else None
-    msg_id = body.get("id") if is_ulid(body.get("id")) else None
+        return None, None, None
     from dsip.core.identity import is_did
 
-    return (sender if is_did(sender) else None), msg_id
+    sender = body.get("from") if is_did(body.get("from")) else None
+    msg_id = body.get("id") if is_ulid(body.get("id")) else None
+    session = msg_id if body.get("type") == "invite" else body.get("session")
+    return sender, msg_id, session if is_ulid(session) else None

@@ -5,8 +5,8 @@ negotiated, a DSIP-COSE binary frame, never more than 65,536 bytes — and hands
 above the same ``FrameConnection``. Design:
 
 * **ALPN ``dsip/1``, TLS 1.3.** QUIC always runs TLS 1.3 (RFC 9001); the client validates the
-  server certificate against ``cafile`` (or the system/certifi store) and ``server_name``
-  (§13.1: encryption and server authentication).
+  server certificate against ``cafile`` (or, without one, the ``certifi`` bundle aioquic
+  defaults to) and ``server_name`` (§13.1: encryption and server authentication).
 * **One client-initiated bidirectional stream per connection carries every frame, in order.**
   Signaling needs per-connection ordering (§12.3): a ``hello`` must precede the first
   ``invite``, a ``cancel`` must not overtake its ``invite``. QUIC orders bytes only *within*
@@ -16,10 +16,10 @@ above the same ``FrameConnection``. Design:
   stream with its first frame (its ``hello``); the server's ``send`` waits until then. A
   second stream from the peer, a reset or an early end of the stream is a protocol error.
 * **Stream framing:** 1 byte kind (``0x00`` UTF-8 JOSE text, ``0x01`` COSE binary) + 4-byte
-  big-endian length + frame bytes (``encode_frame`` / ``FrameDecoder``, sans-I/O). A length
-  above 65,536 is refused as soon as the 5-byte header is in, before any of the body is
-  buffered: the connection closes with application error code 1009 (``CLOSE_TOO_BIG``). An
-  unknown kind byte closes with 1002, a text frame that is not UTF-8 with 1007 (the
+  big-endian length + frame bytes (``encode_stream_frame`` / ``StreamFrameDecoder``, both
+  sans-I/O). A length above 65,536 is refused as soon as the 5-byte header is in, before any
+  of the body is buffered: the connection closes with application error code 1009
+  (``CLOSE_TOO_BIG``). An unknown kind byte closes with 1002, a text frame that is not UTF-8 with 1007 (the
   WebSocket code ws/1.0 uses for the same fault). Close codes travel as QUIC application
   error codes in CONNECTION_CLOSE and come back as ``ConnectionClosed.close_code``.
 * **Backpressure, both ends.** ``aioquic`` (1.x) buffers whatever ``send_stream_data`` is
@@ -64,6 +64,7 @@ from aioquic.asyncio.server import serve
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.stream import QuicStreamSender
 from cryptography import x509
 
 from dsip.errors import ConfigError, FrameTooLargeError, TransportError
@@ -86,12 +87,12 @@ __all__ = [
     "KIND_JOSE",
     "RECV_WINDOW",
     "SEND_BUFFER",
-    "FrameDecoder",
     "FramingError",
     "QuicFrameConnection",
     "QuicServer",
+    "StreamFrameDecoder",
     "connect_quic",
-    "encode_frame",
+    "encode_stream_frame",
     "serve_quic",
 ]
 
@@ -123,7 +124,7 @@ class FramingError(TransportError):
         self.close_code = close_code
 
 
-def encode_frame(frame: str | bytes) -> bytes:
+def encode_stream_frame(frame: str | bytes) -> bytes:
     """The stream bytes of one frame: kind, 4-byte big-endian length, body."""
     if isinstance(frame, str):
         kind, body = KIND_JOSE, frame.encode("utf-8")
@@ -142,7 +143,7 @@ def encode_frame(frame: str | bytes) -> bytes:
     return bytes((kind,)) + len(body).to_bytes(4, "big") + body
 
 
-class FrameDecoder:
+class StreamFrameDecoder:
     """Bytes of the signaling stream in, whole frames out; no I/O.
 
     ``feed`` returns ``(frame, wire_size)`` pairs for every frame completed so far. At the
@@ -220,8 +221,19 @@ class FrameDecoder:
 
 # --- aioquic internals we depend on (no public API; see the module docstring) -----------
 
-if not callable(getattr(QuicConnection, "_write_stream_limits", None)):  # pragma: no cover
-    raise ImportError("aioquic without QuicConnection._write_stream_limits is not supported")
+
+def _check_aioquic_internals() -> None:
+    """Fail at import, not under load, if an aioquic release moved what we rely on."""
+    sender = QuicStreamSender(stream_id=0, writable=True)
+    if not (
+        callable(getattr(QuicConnection, "_write_stream_limits", None))
+        and isinstance(getattr(sender, "_buffer_start", None), int)
+        and isinstance(getattr(sender, "_buffer_stop", None), int)
+    ):  # pragma: no cover
+        raise ImportError("this aioquic release lacks the flow-control internals quic/1.0 uses")
+
+
+_check_aioquic_internals()
 
 
 class _ConsumptionWindow:
@@ -287,7 +299,7 @@ class QuicFrameConnection:
         self._quic = protocol._quic
         self._is_client = is_client
         self._window = _ConsumptionWindow(self._quic, RECV_WINDOW)
-        self._decoder = FrameDecoder()
+        self._decoder = StreamFrameDecoder()
         self._frames: deque[tuple[str | bytes, int]] = deque()
         self._stream_id: int | None = None
         self._consumed = 0
@@ -328,7 +340,7 @@ class QuicFrameConnection:
 
         Cancellation-safe: a cancelled ``send`` has written nothing.
         """
-        data = encode_frame(frame)
+        data = encode_stream_frame(frame)
         async with self._send_lock:
             while True:
                 if self._closed:
@@ -475,6 +487,11 @@ class QuicFrameConnection:
             self._writable.set()
 
 
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class _DsipQuicProtocol(QuicConnectionProtocol):
     """aioquic's asyncio protocol, routing events to one ``QuicFrameConnection``."""
 
@@ -492,6 +509,16 @@ class _DsipQuicProtocol(QuicConnectionProtocol):
         )
         self._on_ready = on_ready
         self.termination: events.ConnectionTerminated | None = None
+
+    async def wait_connected(self) -> None:
+        try:
+            await super().wait_connected()
+        finally:
+            # Cancelled (connect timeout): aioquic later fails its waiter with
+            # ConnectionError; mark that retrieved instead of logging it as lost.
+            waiter = self._connected_waiter
+            if waiter is not None:
+                waiter.add_done_callback(_retrieve)
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         super().datagram_received(data, addr)
