@@ -87,3 +87,48 @@ async def test_relay_refusal_reaches_the_call(connect: ClientFactory) -> None:
         assert ev.fields["reason"] == "transport.unknown-recipient"
     finally:
         await alice.close()
+
+
+async def test_forked_call_first_answer_wins_and_other_leg_is_cancelled(
+    connect: ClientFactory,
+) -> None:
+    """§12.7: bob's two devices ring; one answers; the other is cancelled answered-elsewhere
+    and must not show a missed call; an early reject from a leg is withheld."""
+    import time as _time
+
+    from dsip.core.delegation import issue_delegation
+    from dsip.core.identity import KeyPair
+
+    bob = KeyPair.generate()
+    now = int(_time.time())
+    legs = []
+    for _ in range(3):
+        device = KeyPair.generate()
+        deleg = issue_delegation(bob, device.did, issued_at=now - 5, expires_at=now + 3600)
+        agent = CallAgent(await connect(device, identity=bob.did, delegations=[deleg]))
+        await agent.start()
+        legs.append(agent)
+    alice = CallAgent(await connect())
+    await alice.start()
+    try:
+        call = await alice.call(bob.did)
+        incoming = [await leg.incoming(timeout=5) for leg in legs]
+        await incoming[0].ring()
+        await incoming[0].decline()  # withheld: other legs are still live
+        await incoming[1].ring()
+        await incoming[2].answer()
+        answered = await call.wait_for("answered", 5)
+        assert answered.message is not None
+        assert answered.message.signer == legs[2].client.device.did
+        kinds = []
+        while not kinds or kinds[-1].kind != "ended":
+            kinds.append(await incoming[1].next_event(5))
+        assert kinds[-1].fields["reason"] == "session.answered-elsewhere"
+        assert "missed_call" not in [e.kind for e in kinds]
+        # the caller never saw the first leg's decline
+        assert call.state is SessionState.ACTIVE
+        await call.hangup()
+        assert (await incoming[2].wait_for("ended", 5)).fields["reason"] == "user.hangup"
+    finally:
+        for agent in [alice, *legs]:
+            await agent.close()

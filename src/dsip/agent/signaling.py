@@ -47,16 +47,25 @@ ACK_SKEW = 5  # seconds after binding during which older-issued envelopes are ac
 
 
 async def dial(
-    uri: str, *, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0
+    uri: str,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    cafile: str | None = None,
+    timeout: float = 10.0,
 ) -> FrameConnection:
-    """Open a binding connection: ``wss://host:port/path`` or ``quic://host:port``."""
+    """Open a binding connection: ``wss://host:port/path`` or ``quic://host:port``.
+
+    ``cafile`` trusts an extra CA for either binding (QUIC's TLS stack, aioquic, takes a
+    file rather than an ``ssl.SSLContext``).
+    """
     if uri.startswith("quic://"):
         from dsip.transport.quic import connect_quic
 
         hostport = uri[len("quic://") :].split("/", 1)[0]
         host, _, port = hostport.rpartition(":")
-        cafile = getattr(ssl_context, "dsip_cafile", None)
-        return await connect_quic(host, int(port), cafile=cafile, timeout=timeout)
+        return await connect_quic(host, int(port), cafile=cafile, server_name=host, timeout=timeout)
+    if cafile is not None and ssl_context is None:
+        ssl_context = ssl.create_default_context(cafile=cafile)
     from dsip.transport.ws import connect_ws
 
     return await connect_ws(uri, ssl_context=ssl_context, timeout=timeout)
@@ -102,12 +111,15 @@ class SignalingClient:
         uri: str,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        cafile: str | None = None,
         timeout: float = 10.0,
         connection: FrameConnection | None = None,
     ) -> None:
         """Dial, say hello, and verify the relay's hello (``timeout`` covers both)."""
         async with asyncio.timeout(timeout):
-            conn = connection or await dial(uri, ssl_context=ssl_context, timeout=timeout)
+            conn = connection or await dial(
+                uri, ssl_context=ssl_context, cafile=cafile, timeout=timeout
+            )
             now = int(self.clock())
             hello, frame = client_hello(
                 self.device,

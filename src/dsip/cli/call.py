@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -94,12 +93,8 @@ async def _connect(args: argparse.Namespace) -> CallAgent:
         raise WalletError(
             f"{args.identity} advertises no ws endpoint: pass --relay URI", code="no-relay"
         )
-    ctx: ssl.SSLContext | None = None
-    if args.ca is not None:
-        ctx = ssl.create_default_context(cafile=str(args.ca))
-        ctx.dsip_cafile = str(args.ca)  # type: ignore[attr-defined] - read by the QUIC dialer
     client = SignalingClient(key)
-    await client.connect(relay, ssl_context=ctx)
+    await client.connect(relay, cafile=str(args.ca) if args.ca else None)
     agent = CallAgent(client)
     await agent.start()
     _say("ready", key.did, f"relay={client.relay_did}")
@@ -136,7 +131,7 @@ async def _call(args: argparse.Namespace) -> int:
         _say("calling", args.did, f"session={call.id}")
         answered = asyncio.Event()
         printer = asyncio.create_task(_print_until_end(call, answered=answered))
-        done, _ = await asyncio.wait(
+        await asyncio.wait(
             [printer, asyncio.create_task(answered.wait())],
             timeout=args.timeout,
             return_when=asyncio.FIRST_COMPLETED,

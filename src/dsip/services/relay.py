@@ -38,6 +38,7 @@ from dsip.agent.resolver import DidResolver
 from dsip.config import RelayConfig
 from dsip.core.b64 import b64url_decode
 from dsip.core.envelope import Signed, Verified, Verifier, decode_jose, make_payload, sign_envelope
+from dsip.core.forking import Deliver, Forward, RelayEngine
 from dsip.core.identity import KeyPair
 from dsip.core.jsonwire import loads_strict
 from dsip.core.jws import encode_frame
@@ -80,6 +81,19 @@ class _Peer:
     hello_deadline: float = 0.0
 
 
+@dataclass(eq=False)
+class _AttemptWires:
+    """What the relay must be able to resend for one forked invite."""
+
+    invite: str | bytes
+    initiator_device: str
+    created: float
+    rejects: dict[str, str | bytes] = field(default_factory=dict)  # leg device → its reject
+
+
+ATTEMPT_TTL = 3600.0  # forget attempt bookkeeping an hour after the invite
+
+
 class Relay:
     """A relay bound to one identity key and one envelope store."""
 
@@ -106,6 +120,10 @@ class Relay:
         self.verifier = Verifier(self.resolver.cached)
         self.devices: dict[str, _Peer] = {}
         self.identities: dict[str, set[str]] = {}
+        # Forking attempts (§12.7) are decided by the sans-I/O engine; the relay keeps the
+        # wire form of what the engine refers to by id.
+        self.forking = RelayEngine(offline_retention_s=config.offline_retention_s)
+        self._attempts: dict[str, _AttemptWires] = {}
         self._peers: set[_Peer] = set()
         self._rl_did = RateLimiter(config.envelopes_per_minute)
         self._rl_invite = RateLimiter(config.invites_per_minute)
@@ -337,6 +355,9 @@ class Relay:
         self.devices[device] = peer
         self.identities.setdefault(identity, set()).add(device)
         now = int(self.clock())
+        joins = [
+            em for em in self.forking.bind(device, identity, now=now) if isinstance(em, Deliver)
+        ]
         await self.store.remember_identity(identity, now=now)
         await self.store.remember_identity(device, now=now)
         self._enqueue(
@@ -356,6 +377,10 @@ class Relay:
         )
         logger.info("bound %s for %s on %s", device, identity, peer.conn.remote)
         self._spawn(self._flush(peer))
+        for em in joins:  # a device that binds mid-attempt becomes a leg (§12.7 rule 3)
+            wires = self._attempts.get(em.id or "")
+            if wires is not None:
+                await self._deliver(peer, wires.invite)
 
     def _cose_available(self) -> bool:
         try:
@@ -368,6 +393,7 @@ class Relay:
         if peer.device is None:
             return
         if self.devices.get(peer.device) is peer:
+            self.forking.unbind(peer.device, peer.identity or peer.device, now=int(self.clock()))
             del self.devices[peer.device]
             devs = self.identities.get(peer.identity or "", set())
             devs.discard(peer.device)
@@ -451,6 +477,8 @@ class Relay:
                 peer, v.wire, "transport.routing-refused", "no recipient", in_reply_to=v.id
             )
             return
+        if await self._route_forked(peer, v, to, now):
+            return
         targets = self._targets(to, exclude=peer)
         if targets:
             for target in targets:
@@ -472,6 +500,75 @@ class Relay:
             f"{to} is not served here",
             in_reply_to=v.id,
         )
+
+    async def _route_forked(self, peer: _Peer, v: Verified, to: str, now: float) -> bool:
+        """Invites to identities, their legs' answers and the initiator's cancels (§12.7).
+
+        Returns ``False`` when the message is not part of a forking attempt; plain routing
+        then applies.
+        """
+        session = v.payload.get("session")
+        if v.type == "invite":
+            legs = [p.device for p in self._targets(to, exclude=peer) if p.device]
+            if to in self.devices or not legs:
+                return False  # device-addressed, or nobody bound: no fork to track
+            self._prune_attempts(now)
+            assert peer.device is not None
+            self._attempts[v.id] = _AttemptWires(v.wire, peer.device, now)
+            for em in self.forking.fork_invite(
+                v.id, v.identity, to, legs, now=int(now), expires_at=int(v.payload["expires_at"])
+            ):
+                if isinstance(em, Deliver) and em.leg in self.devices:
+                    await self._deliver(self.devices[em.leg], v.wire)
+            self.stats["routed"] += 1
+            return True
+        if not isinstance(session, str):
+            return False
+        wires = self._attempts.get(session)
+        if wires is None or v.type not in ("progress", "answer", "reject", "cancel"):
+            return False
+        if (
+            v.type == "cancel"
+            and v.signer != wires.initiator_device
+            and v.identity != self._initiator(session)
+        ):
+            return False
+        if v.type != "cancel" and v.signer == wires.initiator_device:
+            return False  # e.g. an update reply from the initiator: not a leg message
+        msg = {"type": v.type, "from": v.signer, "session": session, "id": v.id, "to": to}
+        for key in ("reason", "status"):
+            if key in v.payload:
+                msg[key] = v.payload[key]
+        if v.type == "reject":
+            wires.rejects[v.signer] = v.wire
+        for em in self.forking.receive(msg, now=int(now)):
+            if isinstance(em, Deliver) and em.leg in self.devices:
+                await self._deliver(self.devices[em.leg], v.wire)  # the initiator's cancel, per leg
+            elif isinstance(em, Deliver):
+                await self._store_frame(em.leg, v.wire)
+            elif isinstance(em, Forward):
+                wire = v.wire if em.type != "reject" else wires.rejects.get(em.leg)
+                if wire is not None:
+                    await self._to_device(wires.initiator_device, wire)
+        self.stats["routed"] += 1
+        return True
+
+    def _initiator(self, session: str) -> str | None:
+        a = self.forking.attempts.get(session)
+        return a.initiator if a is not None else None
+
+    async def _to_device(self, device: str, wire: str | bytes) -> None:
+        target = self.devices.get(device)
+        if target is not None:
+            await self._deliver(target, wire)
+        else:
+            await self._store_frame(device, wire)
+
+    def _prune_attempts(self, now: float) -> None:
+        stale = [s for s, w in self._attempts.items() if now - w.created > ATTEMPT_TTL]
+        for session in stale:
+            del self._attempts[session]
+            self.forking.attempts.pop(session, None)
 
     def _targets(self, to: str, *, exclude: _Peer) -> list[_Peer]:
         peer = self.devices.get(to)

@@ -106,6 +106,7 @@ RECV_WINDOW: Final = 256 * 1024  # unread bytes a peer may have in flight to us
 SEND_BUFFER: Final = 256 * 1024  # unacknowledged bytes we hold before ``send`` waits
 CLOSE_INVALID_DATA: Final = 1007  # WebSocket numbering: text frame that is not UTF-8
 CLOSE_INTERNAL_ERROR: Final = 1011  # WebSocket numbering: our handler failed
+_HANDLER_GRACE: Final = 5.0  # seconds a cancelled handler gets to finish on server close
 
 # A half window must hold a whole frame, or credit could stall on a partial one.
 assert RECV_WINDOW // 2 >= FRAME_HEADER_BYTES + MAX_FRAME_BYTES
@@ -585,10 +586,15 @@ class QuicServer:
         if self._closing:
             return
         self._closing = True
-        tasks = list(self._tasks)
-        for task in tasks:
+        running = dict(self._tasks)
+        for task in running:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if running:
+            _, stuck = await asyncio.wait(running, timeout=_HANDLER_GRACE)
+            for task in stuck:  # a handler that swallowed its cancellation
+                conn = running[task]
+                log.warning("quic/1.0 handler for %s ignored cancellation", conn.remote)
+                conn._shutdown(CLOSE_GOING_AWAY, "server shutting down", keep_pending=False)
         if self._server is not None:
             self._server.close()  # remaining (handshaking) connections, then the socket
 
