@@ -145,6 +145,9 @@ def test_decode_frame_dispatches_text_to_jose_and_binary_to_cose(alice: KeyPair)
     p = _invite(alice)
     assert decode_frame(encode_frame(sign_envelope(p, alice))).encoding == "jose"
     assert decode_frame(sign_cose(p, alice)).encoding == "cose"
+    with pytest.raises(DsipError) as err:
+        decode_cose("text is never COSE")  # type: ignore[arg-type]
+    assert err.value.code == "envelope-shape"
 
 
 def test_cose_frames_are_smaller_than_jose_frames(alice: KeyPair) -> None:
@@ -157,7 +160,15 @@ def test_cose_frames_are_smaller_than_jose_frames(alice: KeyPair) -> None:
 
 
 def test_signing_refuses_values_outside_the_json_model(alice: KeyPair) -> None:
-    for bad in ({"blob": b"\x00"}, {1: "int key"}, {"n": 2**60}, {"x": float("nan")}, {"s": {1}}):
+    bad_values: list[Any] = [
+        {"blob": b"\x00"},
+        {1: "int key"},
+        {"n": 2**60},
+        {"x": float("nan")},
+        {"s": {1}},
+        _nested(70),
+    ]
+    for bad in bad_values:
         with pytest.raises(DsipError) as err:
             sign_cose(_invite(alice, **{"policy": bad}), alice)
         assert (err.value.code, err.value.remote) == ("payload-not-json", False)

@@ -276,6 +276,16 @@ async def test_bad_local_files_are_config_errors(pki: Pki, tmp_path: Path) -> No
         await connect_quic("127.0.0.1", 9, cafile=str(tmp_path / "missing.pem"))
 
 
+async def test_a_busy_port_is_a_local_transport_error(pki: Pki) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        with pytest.raises(TransportError) as err:
+            await serve_quic(
+                echo, port=busy.getsockname()[1], certfile=pki.certfile, keyfile=pki.keyfile
+            )
+    assert (err.value.code, err.value.remote) == ("listen-failed", False)
+
+
 async def test_connect_to_a_silent_port_times_out(pki: Pki) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
@@ -407,6 +417,11 @@ async def test_a_second_stream_or_a_frame_cut_by_fin_is_a_protocol_error(pki: Pk
         async with raw_peer(pki, server) as peer:
             peer.write(encode_stream_frame("clean end"), end=True)
             assert (await peer.terminated).error_code == CLOSE_NORMAL
+        async with raw_peer(pki, server) as peer:
+            peer.write(encode_stream_frame("then a reset"))
+            peer._quic.reset_stream(0, error_code=0)
+            peer.transmit()
+            assert (await peer.terminated).error_code == CLOSE_PROTOCOL
 
 
 # --- backpressure -----------------------------------------------------------------------

@@ -24,10 +24,13 @@ __all__ = [
     "PROGRESS_STATUSES",
     "REASONS",
     "ROTATION_REASONS",
+    "SEED_ERROR_CODES",
     "EffectiveReason",
     "effective_answered_by",
     "effective_status",
     "interpret_reason",
+    "reason_from_seed",
+    "seed_error_code",
 ]
 
 # Category → default behaviour for an unknown condition (§15.3), shown to users and logs.
@@ -132,3 +135,126 @@ def effective_answered_by(value: str) -> str:
 
 def effective_status(value: str) -> str:
     return value if value in PROGRESS_STATUSES else "trying"
+
+
+# --- the seed's numeric error model (§21.A) ------------------------------------------------
+#
+# The seed proposal's ``dsip.error`` carries a numeric ``code`` (4xx caller issues: auth,
+# policy; 5xx callee/relay issues: capacity, unavailable; 6xx global failures: blocked) next
+# to a reason string. v0.7 replaced numerics with reason tokens (§15.1). We speak v0.7 on the
+# wire and keep this table for the seed's API surface, logs and the SIP gateway: every
+# registered token has one code in the class the seed assigns to whose fault it is.
+SEED_ERROR_CODES: Final = MappingProxyType(
+    {
+        # 4xx — the caller's side: authentication, policy, malformed or stale requests
+        "session.failed": 400,
+        "transport.hello-required": 401,
+        "transport.hello-rejected": 401,
+        "policy.trust-insufficient": 403,
+        "policy.first-contact-required": 403,
+        "policy.blocked": 403,
+        "policy.terminated": 403,
+        "policy.subscription-lifetime": 403,
+        "identity.unknown": 404,
+        "transport.unknown-recipient": 404,
+        "session.timeout": 408,
+        "session.invalid-state": 409,
+        "session.update-pending": 409,
+        "session.glare": 409,
+        "identity.moved": 410,
+        "identity.not-in-service": 410,
+        "transport.envelope-too-large": 413,
+        "media.offer-required": 415,
+        "media.unsupported": 415,
+        "media.encryption-required": 415,
+        "session.unsupported-core-version": 426,
+        "session.unsupported-profile-version": 426,
+        "session.unsupported-critical-extension": 426,
+        "session.version-downgrade-detected": 426,
+        "session.unsupported-wire-format": 426,
+        "policy.rate-limited": 429,
+        "transport.rate-limited": 429,
+        "session.unknown-session": 481,
+        "user.cancelled": 487,
+        "session.cancelled": 487,
+        "session.already-answered": 487,
+        "session.answered-elsewhere": 487,
+        # 5xx — the callee's device or a relay/gateway on the way: capacity, availability
+        "media.failed": 500,
+        "endpoint.capability": 501,
+        "transport.routing-refused": 502,
+        "gateway.unreachable": 502,
+        "gateway.mapped": 502,
+        "gateway.downgraded": 502,
+        "endpoint.busy": 503,
+        "endpoint.unavailable": 503,
+        "identity.suspended": 503,
+        "session.expired": 504,
+        "user.no-answer": 504,
+        # 6xx — global: a decision that holds everywhere (declined, blocked, hung up)
+        "user.declined": 603,
+        "user.hangup": 600,
+        "user.blocked": 607,
+    }
+)
+
+# Family defaults for tokens outside the table (category fallback, §15.3).
+_CATEGORY_CODES: Final = MappingProxyType(
+    {
+        "user": 603,
+        "endpoint": 503,
+        "identity": 404,
+        "session": 400,
+        "media": 415,
+        "policy": 403,
+        "transport": 502,
+        "gateway": 502,
+    }
+)
+# Code → the token a seed-style ``dsip.error`` maps to on the v0.7 wire.
+_SEED_TO_TOKEN: Final = MappingProxyType(
+    {
+        400: "session.failed",
+        401: "transport.hello-rejected",
+        403: "policy.blocked",
+        404: "identity.unknown",
+        408: "session.timeout",
+        409: "session.invalid-state",
+        410: "identity.not-in-service",
+        413: "transport.envelope-too-large",
+        415: "media.unsupported",
+        426: "session.unsupported-core-version",
+        429: "policy.rate-limited",
+        481: "session.unknown-session",
+        487: "session.cancelled",
+        500: "media.failed",
+        501: "endpoint.capability",
+        502: "transport.routing-refused",
+        503: "endpoint.unavailable",
+        504: "session.expired",
+        600: "user.hangup",
+        603: "user.declined",
+        607: "user.blocked",
+    }
+)
+_CLASS_TOKEN: Final = MappingProxyType(
+    {4: "session.failed", 5: "endpoint.unavailable", 6: "user.declined"}
+)
+
+
+def seed_error_code(token: str) -> int:
+    """The seed §21.A numeric code for a v0.7 reason token (category fallback for others)."""
+    eff = interpret_reason(token)
+    if eff.reason in SEED_ERROR_CODES:
+        return SEED_ERROR_CODES[eff.reason]
+    return _CATEGORY_CODES.get(eff.reason.split(".", 1)[0], 400)
+
+
+def reason_from_seed(code: int, reason: str | None = None) -> str:
+    """The v0.7 token for a seed ``dsip.error``: its ``reason`` if it is a registered token,
+    else the code's token, else its class's (4xx/5xx/6xx) generic token."""
+    if reason is not None and reason in REASONS:
+        return reason
+    if code in _SEED_TO_TOKEN:
+        return _SEED_TO_TOKEN[code]
+    return _CLASS_TOKEN.get(code // 100, "session.failed")
