@@ -57,3 +57,16 @@ def test_interpretation_fallbacks() -> None:
     assert interpret_reason("user.hangup", "reject").valid_on_type is False
     assert interpret_reason("media.nope").fallback == "category"
     assert interpret_reason("nope.nope").reason == "session.failed"
+
+
+def test_docs_table_matches_the_registry() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        if line.startswith("| `") and line.count("|") == 4:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if cells[1].isdigit():
+                rows[cells[0].strip("`")] = int(cells[1])
+    assert rows == dict(SEED_ERROR_CODES)
