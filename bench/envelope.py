@@ -2,8 +2,8 @@
 
 Prints one table:
 
-* raw Ed25519 verify/s — ``cryptography`` verifying the same signing input (the floor
-  every DSIP receiver pays);
+* raw Ed25519 verify/s — ``cryptography`` (OpenSSL) verifying the same signing input: the
+  reference the issue names; and libsodium's raw verify, which the pipeline uses;
 * pipeline verify/s — ``Verifier.verify`` on the wire frame: stages 1–14 (size cap, strict
   JSON, header, kid resolution, signature, payload rules, identity binding, replay window,
   duplicate-id store, ULID check, version, JSON Schema, semantics), each envelope distinct;
@@ -69,6 +69,14 @@ def main() -> None:
         for s, m in zip(sigs, signing_inputs, strict=True):
             pub.verify(s, m)
 
+    import nacl.bindings
+
+    raw_pk = pub.public_bytes_raw()
+
+    def sodium_verify() -> None:
+        for s, m in zip(sigs, signing_inputs, strict=True):
+            nacl.bindings.crypto_sign_open(s + m, raw_pk)
+
     def pipeline() -> None:
         v = Verifier(replay=ReplayStore(capacity=n + 1))
         for f in frames:
@@ -100,6 +108,7 @@ def main() -> None:
         n,
         {
             "raw": raw_verify,
+            "sodium": sodium_verify,
             "pipe": pipeline,
             "jose": joserfc_verify,
             "rsign": raw_sign,
@@ -107,12 +116,14 @@ def main() -> None:
         },
         rounds,
     )
+    r_sodium = r["sodium"]
     r_raw, r_pipe, r_jose, r_rsign, r_esign = (
         r[k] for k in ("raw", "pipe", "jose", "rsign", "esign")
     )
 
     rows = [
         ("raw Ed25519 verify (cryptography)", r_raw, "reference"),
+        ("raw Ed25519 verify (libsodium)", r_sodium, f"{r_sodium / r_raw:.2f}x raw verify"),
         ("pipeline verify, stages 1-14", r_pipe, f"{r_pipe / r_raw:.2f}x raw verify"),
         ("joserfc deserialize_json verify", r_jose, f"{r_jose / r_raw:.2f}x raw verify"),
         ("raw Ed25519 sign (cryptography)", r_rsign, "reference"),

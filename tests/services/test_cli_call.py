@@ -113,3 +113,15 @@ def test_call_between_two_processes_over_wss(tmp_path: Path) -> None:
     assert "answered user" in caller
     assert "incoming" in callee
     assert "ended user.hangup" in callee  # the callee saw the caller's signed bye
+
+
+def test_call_between_two_processes_over_quic(tmp_path: Path) -> None:
+    relay = RelayProcess(tmp_path / "relay")
+    relay.start("--quic-port", "0")
+    try:
+        uri = f"quic://localhost:{relay.info['quic_port']}"
+        caller, callee = _run_call(tmp_path, uri, relay.workdir / "tls" / "ca.pem")
+    finally:
+        relay.stop()
+    assert "answered user" in caller
+    assert "ended user.hangup" in callee

@@ -127,6 +127,7 @@ class SignalingClient:
                 identity=self.identity,
                 delegations=self.delegations,
                 extensions=self.extensions,
+                bindings=("quic/1.0",) if uri.startswith("quic://") else ("ws/1.0",),
             )
             await conn.send(frame)
             while True:

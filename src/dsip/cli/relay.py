@@ -98,32 +98,37 @@ def _load_key(cfg: RelayConfig) -> KeyPair:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = load_relay_config(args.config).with_overrides(
-        host=args.host,
-        ws_port=args.ws_port,
-        quic_port=args.quic_port,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        store=args.store,
-        identity_seed_file=args.identity_seed_file,
-        did=args.did,
-        offline_retention_s=args.offline_retention_s,
-    )
+    overrides: dict[str, Any] = {
+        "host": args.host,
+        "ws_port": args.ws_port,
+        "quic_port": args.quic_port,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "store": args.store,
+        "identity_seed_file": args.identity_seed_file,
+        "did": args.did,
+        "offline_retention_s": args.offline_retention_s,
+    }
     if args.local_ca is not None:
-        from dsip.services.localca import LocalCA
-
-        args.local_ca.mkdir(parents=True, exist_ok=True)
-        ca = LocalCA.create()
-        ca.write_ca_pem(args.local_ca / "ca.pem")
-        ca.server.cert_chain_pems[0].write_to_path(str(args.local_ca / "relay.crt"))
-        for extra in ca.server.cert_chain_pems[1:]:
-            with open(args.local_ca / "relay.crt", "ab") as fh:
-                fh.write(extra.bytes())
-        key_path = args.local_ca / "relay.key"
-        ca.server.private_key_pem.write_to_path(str(key_path))
-        os.chmod(key_path, 0o600)
-        cfg = cfg.with_overrides(tls_cert=str(args.local_ca / "relay.crt"), tls_key=str(key_path))
+        overrides["tls_cert"], overrides["tls_key"] = _mint_local_tls(args.local_ca)
+    cfg = load_relay_config(args.config).with_overrides(**overrides)
     return run_event_loop(_serve(cfg, args.ready_file))
+
+
+def _mint_local_tls(directory: Path) -> tuple[str, str]:
+    """A fresh local CA and a localhost certificate: ca.pem, relay.crt, relay.key (0600)."""
+    from dsip.services.localca import LocalCA
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = LocalCA.create()
+    ca.write_ca_pem(directory / "ca.pem")
+    with open(directory / "relay.crt", "wb") as fh:
+        for pem in ca.server.cert_chain_pems:
+            fh.write(pem.bytes())
+    key_path = directory / "relay.key"
+    ca.server.private_key_pem.write_to_path(str(key_path))
+    os.chmod(key_path, 0o600)
+    return str(directory / "relay.crt"), str(key_path)
 
 
 async def _serve(cfg: RelayConfig, ready_file: Path | None) -> int:

@@ -8,8 +8,14 @@
 * DID documents are parsed into frozen records; ``kid`` DID URLs resolve to a verification
   method only through the document (§8.1: the document is authoritative).
 
-Libraries: ``base58`` for base58btc, ``cryptography`` for Ed25519, PyNaCl (libsodium)
-for the Ed25519→X25519 birational map, which ``cryptography`` does not expose.
+Libraries: ``base58`` for base58btc; ``cryptography`` for key generation, parsing and
+X25519; PyNaCl (libsodium) for the Ed25519→X25519 birational map, which ``cryptography``
+does not expose, and for the hot path of Ed25519 itself: on this project's machines
+libsodium verifies in ~57 µs where OpenSSL (through ``cryptography``) needs ~111 µs, and
+signs in ~23 µs against ~37 µs — every envelope a relay routes pays one verify, so this
+halves the dominant cost. Ed25519 is deterministic: both produce byte-identical signatures
+(tested), and they agree on every valid signature; libsodium is the stricter of the two on
+malformed input (non-canonical encodings, small-order points), which is the safe direction.
 """
 
 from __future__ import annotations
@@ -17,14 +23,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, unquote
 
 import base58
 import nacl.bindings
-from cryptography.exceptions import InvalidSignature
+import nacl.exceptions
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -156,11 +162,19 @@ class VerificationMethod:
     controller: str
     public_key: Ed25519PublicKey = field(repr=False, compare=False)
     public_key_multibase: str
+    raw_key: bytes = field(default=b"", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.raw_key:
+            object.__setattr__(self, "raw_key", self.public_key.public_bytes_raw())
 
     def verify(self, signature: bytes, data: bytes) -> bool:
+        """Ed25519 verification (libsodium; see the module docstring)."""
+        if len(signature) != 64:
+            return False
         try:
-            self.public_key.verify(signature, data)
-        except InvalidSignature:
+            nacl.bindings.crypto_sign_open(signature + data, self.raw_key)
+        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
             return False
         return True
 
@@ -484,7 +498,12 @@ class KeyPair:
         return _multibase_key(_ED25519_PUB, self.public_key.public_bytes_raw())
 
     def sign(self, data: bytes) -> bytes:
-        return self.private_key.sign(data)
+        """Ed25519 signature (libsodium; byte-identical to ``cryptography``'s)."""
+        return nacl.bindings.crypto_sign(data, self._libsodium_secret)[:64]
+
+    @cached_property
+    def _libsodium_secret(self) -> bytes:
+        return self.seed() + self.public_key.public_bytes_raw()
 
     def seed(self) -> bytes:
         return self.private_key.private_bytes(

@@ -1,11 +1,12 @@
 """DSIP-JOSE at the byte level: JWS flattened JSON with ``EdDSA`` (§10.1–§10.2, RFC 7515/8037).
 
 Pipeline stages 1–3 and the signing input live here, shared by the envelope verifier and
-the delegation verifier. The signature itself is computed with ``cryptography``'s Ed25519
-directly rather than through ``joserfc``: the verifier must order its checks exactly as
-the conformance pipeline does (header → kid → signature → payload), which a JOSE library's
-one-shot ``deserialize`` does not expose, and ``bench/envelope.py`` measures joserfc's
-extra cost per verify. The bytes are identical — tests cross-verify both ways with joserfc.
+the delegation verifier. The signature is computed with Ed25519 directly rather than
+through ``joserfc``: the verifier must order its checks exactly as the conformance pipeline
+does (header → kid → signature → payload), which a JOSE library's one-shot ``deserialize``
+does not expose, and ``bench/envelope.py`` shows joserfc's verify alone is slower than our
+whole pipeline. The primitive is libsodium's (see ``dsip.core.identity``), byte-identical
+to ``cryptography``'s; tests cross-verify JWS both ways with joserfc.
 """
 
 from __future__ import annotations
