@@ -35,3 +35,6 @@ def bob() -> KeyPair:
 @pytest.fixture
 def mallory() -> KeyPair:
     return vector_key("mallory")
+
+
+from tests.pgserver import postgres_url  # noqa: E402,F401 - the shared PostgreSQL fixture

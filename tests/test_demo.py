@@ -1,15 +1,17 @@
-"""`make demo` (the foundation demo) runs end to end and shows the accept and the three refusals."""
+"""`make demo` runs end to end: the accept, the three refusals, the relay call, the stored message."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from dsip.demo import run_foundation_demo
 
 
-async def test_foundation_demo_accepts_the_invite_and_refuses_the_attacks(tmp_path: Path) -> None:
+@pytest.mark.timeout(120)
+async def test_demo_runs_every_flow(tmp_path: Path) -> None:
     console = Console(record=True, width=200, emoji=False, highlight=False)
     assert await run_foundation_demo(console, tmp_path) == 0
     out = console.export_text()
@@ -18,6 +20,9 @@ async def test_foundation_demo_accepts_the_invite_and_refuses_the_attacks(tmp_pa
     assert "duplicate-id" in out
     assert "expired → reason session.expired" in out
     assert "signer-mismatch" in out
+    assert "alice sees: progress ringing, answered by user" in out
+    assert "bob's side ends with user.hangup" in out
+    assert "the relay deleted its copy (0 left)" in out
     # the wallet really is on disk, encrypted, and private
     ident = tmp_path / "wallet" / "identities" / "alice.json"
     assert ident.stat().st_mode & 0o777 == 0o600

@@ -47,6 +47,7 @@ Every failure is a :class:`~dsip.errors.ResolutionError`; no httpx exception esc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -57,6 +58,8 @@ from typing import Any
 
 import httpx
 
+from dsip.core.b64 import b64url_decode
+from dsip.core.envelope import Signed
 from dsip.core.identity import (
     DidDocument,
     did_key_document,
@@ -236,6 +239,23 @@ class DidResolver:
         self._inflight.pop(did, None)
         self._generation[did] = self._generation.get(did, 0) + 1
         logger.debug("invalidated cached document of %s", did)
+
+    async def prefetch(self, signed: Signed) -> None:
+        """Resolve, ahead of the sans-I/O verifier, the documents a signed object needs: its
+        ``kid``'s DID and the subjects of delegations in its header. Failures are left for
+        the verifier to report with the right verdict (``kid-unresolvable`` and friends)."""
+        dids = {signed.kid.split("#", 1)[0]}
+        for d in signed.header.get("delegations", ()) or ():
+            try:
+                body, _ = loads_strict(b64url_decode(str(d.get("payload", ""))))
+            except (DsipError, AttributeError):
+                continue
+            if isinstance(body, dict) and isinstance(body.get("subject"), str):
+                dids.add(body["subject"])
+        for did in dids:
+            if not did.startswith("did:key:") and self.cached(did) is None:
+                with contextlib.suppress(DsipError):
+                    await self.resolve(did)
 
     async def aclose(self) -> None:
         """Cancel fetches in flight and close the HTTP client if we created it."""

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from dsip.agent.resolver import DidResolver
 from dsip.core.envelope import Verified, Verifier, decode_jose, make_payload, sign_envelope
 from dsip.core.identity import KeyPair
 from dsip.core.jsonwire import loads_strict
@@ -83,11 +84,13 @@ class SignalingClient:
         verifier: Verifier | None = None,
         clock: Callable[[], float] = time.time,
         extensions: Sequence[str] = (ACK_EXTENSION,),
+        resolver: DidResolver | None = None,
     ) -> None:
         self.device = device
+        self.resolver = resolver
         self.identity = identity or device.did
         self.delegations = list(delegations)
-        self.verifier = verifier or Verifier()
+        self.verifier = verifier or Verifier(resolver.cached if resolver else None)
         self.clock = clock
         self.extensions = tuple(extensions)
         self.relay_did: str | None = None
@@ -214,9 +217,12 @@ class SignalingClient:
                     if isinstance(frame, bytes):
                         from dsip.core.cose import decode_cose
 
-                        v = self.verifier.verify_signed(decode_cose(frame), now=int(self.clock()))
+                        signed = decode_cose(frame)
                     else:
-                        v = self.verifier.verify(frame, now=int(self.clock()))
+                        signed = decode_jose(frame)
+                    if self.resolver is not None:
+                        await self.resolver.prefetch(signed)
+                    v = self.verifier.verify_signed(signed, now=int(self.clock()))
                 except DsipError as exc:
                     if exc.code == "duplicate-id":
                         # Already delivered to us once (the relay lost our ack): take custody

@@ -52,6 +52,12 @@ def register(sub: Any) -> None:
         "--retention", type=int, dest="offline_retention_s", help="offline retention, seconds"
     )
     p.add_argument(
+        "--trust-ca",
+        type=Path,
+        metavar="FILE",
+        help="also trust this CA (PEM) when resolving did:web documents (local networks)",
+    )
+    p.add_argument(
         "--ready-file", type=Path, help="write {did, ws_port, quic_port} here once listening"
     )
     p.set_defaults(func=_run)
@@ -112,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.local_ca is not None:
         overrides["tls_cert"], overrides["tls_key"] = _mint_local_tls(args.local_ca)
     cfg = load_relay_config(args.config).with_overrides(**overrides)
-    return run_event_loop(_serve(cfg, args.ready_file))
+    return run_event_loop(_serve(cfg, args.ready_file, args.trust_ca))
 
 
 def _mint_local_tls(directory: Path) -> tuple[str, str]:
@@ -131,7 +137,8 @@ def _mint_local_tls(directory: Path) -> tuple[str, str]:
     return str(directory / "relay.crt"), str(key_path)
 
 
-async def _serve(cfg: RelayConfig, ready_file: Path | None) -> int:
+async def _serve(cfg: RelayConfig, ready_file: Path | None, trust_ca: Path | None = None) -> int:
+    from dsip.agent.resolver import DidResolver
     from dsip.services.relay import Relay
     from dsip.storage import open_store
 
@@ -142,7 +149,11 @@ async def _serve(cfg: RelayConfig, ready_file: Path | None) -> int:
         server_ssl.load_cert_chain(cfg.tls_cert, cfg.tls_key)
     key = _load_key(cfg)
     store = await open_store(cfg.store, limits=store_limits(cfg))
-    relay = Relay(cfg, key, store, server_ssl=server_ssl)
+    resolver_tls: ssl.SSLContext | bool = True
+    if trust_ca is not None:
+        resolver_tls = ssl.create_default_context()
+        resolver_tls.load_verify_locations(cafile=str(trust_ca))
+    relay = Relay(cfg, key, store, server_ssl=server_ssl, resolver=DidResolver(verify=resolver_tls))
     await relay.start()
     info = {
         "did": relay.did,

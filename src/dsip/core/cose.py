@@ -66,9 +66,8 @@ from dsip.core.envelope import Signed, decode_jose
 from dsip.core.identity import KeyPair
 from dsip.core.jsonwire import MAX_DEPTH, MAX_SAFE_INT
 from dsip.core.jws import MAX_FRAME_BYTES
-from dsip.core.version import Supported
+from dsip.core.version import COSE_EXTENSION, Supported
 from dsip.errors import EnvelopeError, FrameTooLargeError, PayloadError
-from dsip.transport.base import COSE_EXTENSION
 
 __all__ = [
     "ALG_EDDSA",

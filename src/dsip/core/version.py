@@ -22,9 +22,10 @@ from typing import Any
 
 from dsip.errors import VersionError
 
-__all__ = ["CORE_VERSION", "Supported", "check_version"]
+__all__ = ["CORE_VERSION", "COSE_EXTENSION", "Supported", "check_version"]
 
 CORE_VERSION = "1.0"
+COSE_EXTENSION = "cose-envelope/1.0"  # dsip profile: DSIP-COSE envelopes on binary frames
 _VERSION = re.compile(r"(\d{1,6})\.(\d{1,6})")
 _ID = re.compile(r"([a-z][a-z0-9-]*)/(\d{1,6})\.(\d{1,6})")
 

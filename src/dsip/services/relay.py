@@ -36,7 +36,6 @@ from typing import Any
 
 from dsip.agent.resolver import DidResolver
 from dsip.config import RelayConfig
-from dsip.core.b64 import b64url_decode
 from dsip.core.envelope import Signed, Verified, Verifier, decode_jose, make_payload, sign_envelope
 from dsip.core.forking import Deliver, Forward, RelayEngine
 from dsip.core.identity import KeyPair
@@ -320,19 +319,7 @@ class Relay:
         return decode_jose(frame)
 
     async def _prefetch(self, signed: Signed) -> None:
-        """Resolve the did:web documents verification will need (kid, delegation subjects)."""
-        dids = {signed.kid.split("#", 1)[0]}
-        for d in signed.header.get("delegations", ()) or ():
-            try:
-                body, _ = loads_strict(b64url_decode(str(d.get("payload", ""))))
-                if isinstance(body, dict) and isinstance(body.get("subject"), str):
-                    dids.add(body["subject"])
-            except (DsipError, AttributeError):
-                continue
-        for did in dids:
-            if did.startswith("did:web:") and self.resolver.cached(did) is None:
-                with contextlib.suppress(DsipError):  # the verifier reports kid-unresolvable
-                    await self.resolver.resolve(did)
+        await self.resolver.prefetch(signed)
 
     # --- binding --------------------------------------------------------------------------
 
@@ -480,6 +467,9 @@ class Relay:
         if await self._route_forked(peer, v, to, now):
             return
         targets = self._targets(to, exclude=peer)
+        if targets and not self._wire_ok(targets, v.wire):
+            await self._refuse_wire(peer, v)
+            return
         if targets:
             for target in targets:
                 await self._deliver(target, v.wire)
@@ -509,9 +499,13 @@ class Relay:
         """
         session = v.payload.get("session")
         if v.type == "invite":
-            legs = [p.device for p in self._targets(to, exclude=peer) if p.device]
+            leg_peers = self._targets(to, exclude=peer)
+            legs = [p.device for p in leg_peers if p.device]
             if to in self.devices or not legs:
                 return False  # device-addressed, or nobody bound: no fork to track
+            if not self._wire_ok(leg_peers, v.wire):
+                await self._refuse_wire(peer, v)
+                return True
             self._prune_attempts(now)
             assert peer.device is not None
             self._attempts[v.id] = _AttemptWires(v.wire, peer.device, now)
@@ -552,6 +546,21 @@ class Relay:
                     await self._to_device(wires.initiator_device, wire)
         self.stats["routed"] += 1
         return True
+
+    @staticmethod
+    def _wire_ok(targets: list[_Peer], wire: str | bytes) -> bool:
+        """A COSE (binary) envelope can only go to devices that negotiated it: a relay never
+        re-encodes, since the signature covers the exact bytes."""
+        return isinstance(wire, str) or all(t.cose for t in targets)
+
+    async def _refuse_wire(self, peer: _Peer, v: Verified) -> None:
+        await self._error(
+            peer,
+            v.wire,
+            "session.unsupported-wire-format",
+            "recipient did not negotiate cose-envelope/1.0; send JOSE",
+            in_reply_to=v.id,
+        )
 
     def _initiator(self, session: str) -> str | None:
         a = self.forking.attempts.get(session)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from dsip.core.jws import MAX_FRAME_BYTES
+from dsip.core.version import COSE_EXTENSION
 from dsip.errors import TransportError
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "FrameConnection",
 ]
 
-COSE_EXTENSION = "cose-envelope/1.0"
 
 # Close codes, shared by all bindings (WebSocket numbering; QUIC uses the same numbers as
 # application error codes).

@@ -22,7 +22,7 @@ from dsip.core.envelope import make_payload, sign_envelope
 from dsip.core.identity import KeyPair
 from dsip.core.jws import encode_frame
 from dsip.core.version import CORE_VERSION
-from dsip.transport.base import COSE_EXTENSION, MAX_FRAME_BYTES
+from dsip.transport.base import MAX_FRAME_BYTES
 
 __all__ = [
     "ACK_EXTENSION",
@@ -101,6 +101,3 @@ def extensions_of(payload: Mapping[str, Any]) -> frozenset[str]:
     return (
         frozenset(e for e in exts if isinstance(e, str)) if isinstance(exts, list) else frozenset()
     )
-
-
-COSE = COSE_EXTENSION

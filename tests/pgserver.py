@@ -1,4 +1,4 @@
-"""A real, throw-away PostgreSQL server for the storage tests (session-scoped).
+"""A real PostgreSQL server for tests: `initdb` into a temp dir, started and stopped by a fixture.
 
 ``initdb`` into a fresh temp dir, ``pg_ctl start`` on a free 127.0.0.1 port (its unix
 socket in the same dir), one database, stopped with ``pg_ctl -m immediate stop`` and
