@@ -90,3 +90,37 @@ async def test_kill9_with_queued_envelopes_loses_nothing_and_shows_nothing_twice
         await _wait_stored(relay, bob_key.did, 0)  # and the relay let go of them after the ack
     finally:
         relay.stop()
+
+
+async def test_graceful_shutdown_keeps_the_queue(tmp_path: Path) -> None:
+    relay = RelayProcess(tmp_path)
+    relay.start()
+    try:
+        bob_key = KeyPair.generate()
+        bob = await _connect(relay, bob_key, Verifier())
+        await bob.close()
+        alice = await _connect(relay, KeyPair.generate(), Verifier())
+        for i in range(5):
+            await alice.send(
+                alice.build(
+                    "introduction",
+                    to=bob_key.did,
+                    purpose=f"m{i}",
+                    ttl=3600,
+                    identity={"display_name": "Alice", "claims": []},
+                )
+            )
+        await _wait_stored(relay, bob_key.did, 5)
+        await alice.close()
+        relay.stop()  # SIGTERM: closes connections with 1001, checkpoints the store
+        assert relay.proc is not None
+        assert relay.proc.returncode == 0
+        relay.start()
+        assert relay.stored(bob_key.did) == 5
+        seen: list[str] = []
+        bob = await _connect(relay, bob_key, Verifier())
+        await _drain(bob, 5, seen)
+        await bob.close()
+        assert len(seen) == 5
+    finally:
+        relay.stop()
