@@ -132,3 +132,36 @@ async def test_forked_call_first_answer_wins_and_other_leg_is_cancelled(
     finally:
         for agent in [alice, *legs]:
             await agent.close()
+
+
+async def test_update_adds_video_and_is_answered(connect: ClientFactory) -> None:
+    alice = CallAgent(await connect())
+    bob = CallAgent(await connect())
+    await alice.start()
+    await bob.start()
+    try:
+        call = await alice.call(bob.client.identity)
+        incoming = await bob.incoming(timeout=5)
+        await incoming.answer()
+        await call.wait_for("answered", 5)
+        video = [
+            {"type": "audio", "direction": "sendrecv", "codecs": [{"id": "codec:audio/opus"}]},
+            {"type": "video", "direction": "sendrecv", "codecs": [{"id": "codec:video/vp8"}]},
+        ]
+        await call.update(video)
+        await incoming.wait_for("update_offered", 5)
+        assert [m["type"] for m in incoming.offer["media"]] == ["audio", "video"]
+        await incoming.accept_update()
+        media = await call.wait_for("media", 5)
+        assert media.fields["action"] == "apply_update"
+        # A second update that bob rejects leaves the call ACTIVE (§12.8 rule 5).
+        await call.update(video[:1])
+        await incoming.wait_for("update_offered", 5)
+        await incoming.reject_update("media.unsupported")
+        rejected = await call.wait_for("update_rejected", 5)
+        assert rejected.fields["reason"] == "media.unsupported"
+        assert call.state is SessionState.ACTIVE
+        await call.hangup()
+    finally:
+        await alice.close()
+        await bob.close()

@@ -179,6 +179,32 @@ class Call:
         )
         return update_id
 
+    async def accept_update(
+        self,
+        *,
+        media: Sequence[Mapping[str, Any]] | None = None,
+        answered_by: str = "user",
+    ) -> None:
+        """Answer the peer's outstanding ``update`` with a selection from its offer."""
+        update_id = str(self.offer.get("id", ""))
+        self.local_media = (
+            [dict(m) for m in media]
+            if media is not None
+            else _default_selection(self.offer.get("media", []))
+        )
+        self.local_transports = [{"id": "transport:webrtc"}]
+        await self.agent._act(
+            lambda now: self.agent.engine.answer_update(
+                self.id, update_id, now=now, answered_by=answered_by
+            )
+        )
+
+    async def reject_update(self, reason: str = "media.unsupported") -> None:
+        update_id = str(self.offer.get("id", ""))
+        await self.agent._act(
+            lambda now: self.agent.engine.reject_update(self.id, update_id, reason, now=now)
+        )
+
     async def send_ice(
         self, candidates: Sequence[Mapping[str, Any]], *, end_of_candidates: bool = False
     ) -> None:
