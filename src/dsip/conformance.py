@@ -26,7 +26,6 @@ __all__ = ["Outcome", "Report", "load_vectors", "run_directory", "run_vector"]
 
 # kind → why it is skipped (the issue that brings the component).
 NOT_IMPLEMENTED: dict[str, str] = {
-    "dht": "reachability hints arrive with the discovery issue",
     "broadcast": "publication verification arrives with the discovery issue",
     "media-binding": "the WebRTC binding arrives with the media issue",
     "gateway": "the SIP gateway arrives with the gateway issue",
@@ -202,7 +201,43 @@ def _run_semantic(ctx: Mapping[str, Any], inp: Mapping[str, Any]) -> dict[str, A
     return out
 
 
+def _run_dht(ctx: Mapping[str, Any], inp: Mapping[str, Any]) -> dict[str, Any]:
+    from dsip.core.presence import RecordValidator, judge
+
+    now = int(ctx["now"])
+    validator = RecordValidator(
+        StaticDocuments(ctx.get("did_documents", {})), delegations=ctx.get("delegations", [])
+    )
+    try:
+        record = validator.verify(inp["envelope"], now=now)
+    except DsipError as exc:
+        return _reject(exc)
+    existing = None
+    if ctx.get("existing") is not None:
+        # A record the node already holds was verified when it arrived: re-check its
+        # signature at its own issue time; judge() then applies today's expiry (§8.3).
+        held = ctx["existing"]
+        issued = int(json.loads(_b64(held["payload"]))["issued_at"])
+        existing = validator.verify(held, now=issued)
+    j = judge(record, existing, now)
+    return {
+        "verdict": "accept",
+        "type": record.verified.type,
+        "signer": record.verified.signer,
+        "identity": record.verified.identity,
+        "winner": j.winner,
+        "conflict": j.conflict,
+    }
+
+
+def _b64(text: str) -> bytes:
+    from dsip.core.b64 import b64url_decode
+
+    return b64url_decode(text)
+
+
 _HANDLERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]] = {
+    "dht": _run_dht,
     "envelope": _run_envelope,
     "transport": _run_envelope,
     "payload": _run_payload,
@@ -225,7 +260,7 @@ def _compare(expect: Mapping[str, Any], got: Mapping[str, Any]) -> list[str]:
         if "reason" in expect and expect["reason"] != got.get("reason"):
             problems.append(f"reason {got.get('reason')!r}, expected {expect['reason']!r}")
         return problems
-    for key in ("type", "signer", "identity"):
+    for key in ("type", "signer", "identity", "winner", "conflict"):
         if key in expect and expect[key] != got.get(key):
             problems.append(f"{key} {got.get(key)!r}, expected {expect[key]!r}")
     if expect.get("effective", {}) != got.get("effective", {}):

@@ -32,7 +32,7 @@ VECTORS = (
 SCHEMA_DIR = Path(dsip.core.payloads.__file__).parent / "schemas"
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 CORE_FIELDS = ["dsip", "type", "id", "from", "issued_at", "expires_at"]
-UNADDRESSED = {"hello", "publish", "unpublish", "provenance", "key-rotation", "reachability-hint"}
+UNADDRESSED = {"hello", "publish", "unpublish", "provenance", "key-rotation", "reachability-hint", "presence"}
 
 # -- example payloads, written from the spec text --------------------------------------------
 
@@ -146,6 +146,13 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         seq=NOW,
     ),
     "ack": message("ack", acks=[ulid(11), ulid(12)]),
+    "presence": message(
+        "presence",
+        subject=ALICE_PHONE,
+        endpoints={"ws": ["wss://relay.example/dsip"]},
+        geo={"geohash": "dr5r", "method": "gps"},
+        seq=1,
+    ),
 }
 RELAY_HELLO = message(
     "hello",
@@ -259,7 +266,7 @@ def test_schema_set_is_complete() -> None:
         "reachability-hint",
     }
     assert v07 <= MESSAGE_TYPES
-    assert MESSAGE_TYPES - v07 == {"ack"}
+    assert MESSAGE_TYPES - v07 == {"ack", "presence"}
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMA_NAMES | {"common"}))
@@ -304,7 +311,7 @@ def test_schema_document_returns_a_copy() -> None:
     assert "media" in schema_document("invite")["properties"]
     assert "ulid" in schema_document("common")["$defs"]
     with pytest.raises(SchemaError) as info:
-        schema_document("presence")
+        schema_document("roster")
     assert info.value.code == "unknown-type"
 
 
@@ -615,14 +622,14 @@ def test_type_not_a_string_is_unknown_type(mtype: Any) -> None:
     assert len(exc.message) < 200
 
 
-@pytest.mark.parametrize("mtype", ["presence", "INVITE", "", "invite ", "x" * 1_000_000])
+@pytest.mark.parametrize("mtype", ["roster", "INVITE", "", "invite ", "x" * 1_000_000])
 def test_unknown_type(mtype: str) -> None:
     exc = rejected(example("invite", type=mtype))
     assert exc.code == "unknown-type"
     assert len(exc.message) < 200
 
 
-@pytest.mark.parametrize("name", ["presence", "common", "message", ""])
+@pytest.mark.parametrize("name", ["roster", "common", "message", ""])
 def test_validate_named_unknown_schema(name: str) -> None:
     with pytest.raises(SchemaError) as info:
         validate_named(name, {})

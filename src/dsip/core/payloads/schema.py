@@ -72,7 +72,8 @@ SCHEMA_BASE_URI: Final = "https://dsip.dev/schema/v0.7/"
 
 #: Every payload ``type`` of v0.7: the §12.1 set, ``hello`` (§13.2) and the DHT Hints
 #: Profile's ``reachability-hint``; plus the types of dsip's own profiles: ``ack``
-#: (store-and-forward/1.0, custody acknowledgement to a relay).
+#: (store-and-forward/1.0, custody acknowledgement to a relay) and ``presence``
+#: (presence/1.0, DHT presence records).
 MESSAGE_TYPES: Final[frozenset[str]] = frozenset(
     {
         "invite",
@@ -95,6 +96,7 @@ MESSAGE_TYPES: Final[frozenset[str]] = frozenset(
         "key-rotation",
         "reachability-hint",
         "ack",
+        "presence",
     }
 )
 
