@@ -38,3 +38,4 @@ def mallory() -> KeyPair:
 
 
 from tests.pgserver import postgres_url  # noqa: E402,F401 - the shared PostgreSQL fixture
+from tests.relayfix import client_ssl, connect, local_ca, make_relay, relay  # noqa: E402,F401 - relay fixtures

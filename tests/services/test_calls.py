@@ -6,7 +6,7 @@ import pytest
 
 from dsip.agent.calls import CallAgent
 from dsip.core.session import SessionState
-from tests.services.conftest import ClientFactory
+from tests.relayfix import ClientFactory
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,7 +17,7 @@ from dsip.core.identity import KeyPair
 from dsip.core.jws import encode_frame
 from dsip.services.relay import Relay
 from dsip.transport.ws import connect_ws
-from tests.services.conftest import ClientFactory, RelayFactory, relay_uri
+from tests.relayfix import ClientFactory, RelayFactory, relay_uri
 
 pytestmark = pytest.mark.timeout(60)
 

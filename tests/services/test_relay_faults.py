@@ -14,7 +14,7 @@ from dsip.services.relay import Relay
 from dsip.transport.base import COSE_EXTENSION
 from dsip.transport.hello import ACK_EXTENSION, client_hello
 from dsip.transport.ws import connect_ws
-from tests.services.conftest import ClientFactory, RelayFactory, relay_uri
+from tests.relayfix import ClientFactory, RelayFactory, relay_uri
 
 pytestmark = pytest.mark.timeout(60)
 IDENTITY = {"display_name": "Test", "claims": []}
