@@ -81,6 +81,8 @@ class ToneDetector:
         try:
             while True:
                 frame = await self.track.recv()
+                if not isinstance(frame, AudioFrame):
+                    continue
                 self.frames += 1
                 self.sample_rate = int(frame.sample_rate)
                 pcm = frame.to_ndarray()

@@ -29,11 +29,12 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.sdp import SessionDescription
 
 from dsip.errors import DsipError
 
-__all__ = ["WebRtcMedia", "descriptors_from_sdp", "loopback_only"]
+__all__ = ["WebRtcMedia", "descriptors_from_sdp", "ice_servers_from", "loopback_only"]
 
 _CODEC_IDS = {
     ("audio", "opus"): "codec:audio/opus",
@@ -56,6 +57,20 @@ def loopback_only(enabled: bool = True) -> None:
         aioice.ice.get_host_addresses = _original_host_addresses
 
 
+def ice_servers_from(capabilities: Mapping[str, Any]) -> list[RTCIceServer]:
+    """TURN servers from a relay hello's ``turn`` capability (short-lived REST credentials)."""
+    turn = capabilities.get("turn")
+    if not isinstance(turn, Mapping) or not turn.get("uris"):
+        return []
+    return [
+        RTCIceServer(
+            urls=list(turn["uris"]),
+            username=str(turn["username"]),
+            credential=str(turn["credential"]),
+        )
+    ]
+
+
 def descriptors_from_sdp(sdp: str) -> list[dict[str, Any]]:
     """Structured media descriptors (§16.2) for each ``m=`` section, in order (B§2.1)."""
     try:
@@ -66,7 +81,7 @@ def descriptors_from_sdp(sdp: str) -> list[dict[str, Any]]:
         ) from None
     out = []
     for media in desc.media:
-        codecs = []
+        codecs: list[dict[str, str]] = []
         for codec in media.rtp.codecs:
             cid = _CODEC_IDS.get((media.kind, codec.name.lower()))
             if cid and all(c["id"] != cid for c in codecs):
@@ -90,9 +105,12 @@ class WebRtcMedia:
         ice_servers: Sequence[RTCIceServer] = (),
         relay_only: bool = False,
     ) -> None:
-        config = RTCConfiguration(iceServers=list(ice_servers))
-        if relay_only:
-            config.iceTransportPolicy = "relay"  # type: ignore[attr-defined]
+        config = RTCConfiguration(
+            iceServers=list(ice_servers),
+            iceTransportPolicy=RTCIceTransportPolicy.RELAY
+            if relay_only
+            else RTCIceTransportPolicy.ALL,
+        )
         self.pc = RTCPeerConnection(configuration=config)
         self.audio = audio
         self.video = video
@@ -100,11 +118,11 @@ class WebRtcMedia:
         self._connected = asyncio.Event()
         self._failed = asyncio.Event()
 
-        @self.pc.on("track")  # type: ignore[misc]
+        @self.pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
             self.received.put_nowait(track)
 
-        @self.pc.on("connectionstatechange")  # type: ignore[misc]
+        @self.pc.on("connectionstatechange")
         async def _on_state() -> None:
             if self.pc.connectionState == "connected":
                 self._connected.set()
@@ -150,7 +168,7 @@ class WebRtcMedia:
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):
-            done, _ = await asyncio.wait(
+            await asyncio.wait(
                 [
                     asyncio.create_task(self._connected.wait()),
                     asyncio.create_task(self._failed.wait()),

@@ -62,6 +62,10 @@ logger = logging.getLogger("dsip.relay")
 FirstContactHook = Callable[[Verified], str | None]
 """Called for every routed envelope; returns a reason token to refuse it (trust issue)."""
 
+TurnIssuer = Callable[[str], Mapping[str, Any]]
+"""Issues short-lived TURN credentials for an authenticated identity (the ``turn``
+capability of the relay hello): only DIDs that completed a verified hello get them."""
+
 _SUPPORTED_EXTENSIONS = (ACK_EXTENSION,)
 
 
@@ -107,6 +111,7 @@ class Relay:
         server_ssl: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.time,
         first_contact: FirstContactHook | None = None,
+        turn: TurnIssuer | None = None,
     ) -> None:
         self.config = config
         self.key = key
@@ -116,6 +121,7 @@ class Relay:
         self.server_ssl = server_ssl
         self.clock = clock
         self.first_contact = first_contact
+        self.turn = turn
         self.verifier = Verifier(self.resolver.cached)
         self.devices: dict[str, _Peer] = {}
         self.identities: dict[str, set[str]] = {}
@@ -360,6 +366,7 @@ class Relay:
                     "invites_per_minute": self.config.invites_per_minute,
                 },
                 extensions=offered,
+                extra_capabilities={"turn": dict(self.turn(identity))} if self.turn else None,
             ),
         )
         logger.info("bound %s for %s on %s", device, identity, peer.conn.remote)

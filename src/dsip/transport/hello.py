@@ -74,13 +74,16 @@ def relay_hello(
     offline_retention_s: int,
     rate_limit: Mapping[str, int],
     extensions: Sequence[str] = (),
+    extra_capabilities: Mapping[str, Any] | None = None,
 ) -> str:
-    """The relay's signed answer to a verified client hello (frame)."""
+    """The relay's signed answer to a verified client hello (frame). ``extra_capabilities``
+    adds members clients that do not know them ignore (§13.2), e.g. ``turn`` credentials."""
     capabilities: dict[str, Any] = {
         "max_envelope_bytes": MAX_FRAME_BYTES,
         "store_and_forward": True,
         "offline_retention_s": offline_retention_s,
         "rate_limit": dict(rate_limit),
+        **(extra_capabilities or {}),
     }
     payload = make_payload(
         "hello",
