@@ -34,7 +34,14 @@ from aiortc.sdp import SessionDescription
 
 from dsip.errors import DsipError
 
-__all__ = ["WebRtcMedia", "descriptors_from_sdp", "ice_servers_from", "loopback_only"]
+__all__ = [
+    "WebRtcMedia",
+    "consent_timing",
+    "descriptors_from_sdp",
+    "hang_up_on_media_failure",
+    "ice_servers_from",
+    "loopback_only",
+]
 
 _CODEC_IDS = {
     ("audio", "opus"): "codec:audio/opus",
@@ -55,6 +62,24 @@ def loopback_only(enabled: bool = True) -> None:
         aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
     else:
         aioice.ice.get_host_addresses = _original_host_addresses
+
+
+def consent_timing(interval: float = 5.0, failures: int = 6) -> None:
+    """ICE consent freshness (RFC 7675) as aioice runs it: a check every ``interval`` s, the
+    path declared dead after ``failures`` misses (defaults: 5 s × 6 = 30 s, the RFC's bound).
+    Tests shorten it to see a vanished peer within seconds."""
+    aioice.ice.CONSENT_INTERVAL = interval  # type: ignore[assignment]
+    aioice.ice.CONSENT_FAILURES = failures
+
+
+async def hang_up_on_media_failure(media: WebRtcMedia, call: Any) -> str | None:
+    """Watch the media path; when ICE consent fails (the peer vanished) end the call with
+    ``bye media.failed`` (B§8). Returns the reason used, or ``None`` if the call ended first."""
+    await media.failed.wait()
+    if call.state is not None and str(call.state) == "ACTIVE":
+        await call.hangup("media.failed")
+        return "media.failed"
+    return None
 
 
 def ice_servers_from(capabilities: Mapping[str, Any]) -> list[RTCIceServer]:
@@ -128,6 +153,11 @@ class WebRtcMedia:
                 self._connected.set()
             elif self.pc.connectionState in ("failed", "closed"):
                 self._failed.set()
+
+    @property
+    def failed(self) -> asyncio.Event:
+        """Set when the peer connection fails (ICE consent lost, DTLS failure) or closes."""
+        return self._failed
 
     @property
     def state(self) -> str:
