@@ -110,7 +110,7 @@ async def main_async(calls: int, seconds: float) -> None:
         KeyPair.generate(),
         store,
         server_ssl=ca.server_context(),
-        turn=lambda did: coturn.credentials(did).as_capability(),
+        turn=lambda did, token: coturn.credentials(did).as_capability(),
     )
     await relay.start()
     uri = f"wss://localhost:{relay.ws_port}/dsip"

@@ -3,7 +3,7 @@
 # Runs apt-get only when something is missing; needs root (or passwordless sudo) then.
 set -euo pipefail
 list="${1:?usage: install-system-packages.sh FILE}"
-mapfile -t wanted < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$list" | tr -d '[:space:]' | sort -u)
+mapfile -t wanted < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' -e '/^$/d' "$list" | sort -u)
 missing=()
 for pkg in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

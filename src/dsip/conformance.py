@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsip.conformance_broadcast import run_broadcast
 from dsip.core.envelope import ReplayStore, Verifier, check_decoded
 from dsip.core.identity import StaticDocuments
 from dsip.core.payloads.schema import validate_named
@@ -26,8 +27,6 @@ __all__ = ["Outcome", "Report", "load_vectors", "run_directory", "run_vector"]
 
 # kind → why it is skipped (the issue that brings the component).
 NOT_IMPLEMENTED: dict[str, str] = {
-    "broadcast": "publication verification arrives with the discovery issue",
-    "media-binding": "the WebRTC binding arrives with the media issue",
     "gateway": "the SIP gateway arrives with the gateway issue",
     "trust": "credential display arrives with the trust issue",
 }
@@ -98,6 +97,8 @@ def run_vector(vid: str, vec: Mapping[str, Any]) -> Outcome:
     kind = str(vec.get("kind"))
     if kind == "state":
         return _run_state_vector(vid, category, vec)
+    if kind == "media-binding":
+        return _run_media_binding_vector(vid, category, vec)
     handler = _HANDLERS.get(kind)
     if handler is None:
         why = NOT_IMPLEMENTED.get(kind, f"unknown vector kind {kind!r}")
@@ -127,6 +128,19 @@ def _run_state_vector(vid: str, category: str, vec: Mapping[str, Any]) -> Outcom
     if problems:
         return Outcome(vid, category, "state", "failed", "; ".join(problems[:5]))
     return Outcome(vid, category, "state", "passed")
+
+
+def _run_media_binding_vector(vid: str, category: str, vec: Mapping[str, Any]) -> Outcome:
+    from dsip.conformance_media import run_media_binding
+
+    kind = "media-binding"
+    try:
+        problems = run_media_binding(vec.get("context", {}), vec["input"], vec["expect"])
+    except Exception as exc:
+        return Outcome(vid, category, kind, "failed", f"crashed: {type(exc).__name__}: {exc}")
+    if problems:
+        return Outcome(vid, category, kind, "failed", "; ".join(problems[:5]))
+    return Outcome(vid, category, kind, "passed")
 
 
 def _supported(ctx: Mapping[str, Any]) -> Supported:
@@ -237,6 +251,7 @@ def _b64(text: str) -> bytes:
 
 
 _HANDLERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]] = {
+    "broadcast": run_broadcast,
     "dht": _run_dht,
     "envelope": _run_envelope,
     "transport": _run_envelope,
@@ -261,6 +276,9 @@ def _compare(expect: Mapping[str, Any], got: Mapping[str, Any]) -> list[str]:
             problems.append(f"reason {got.get('reason')!r}, expected {expect['reason']!r}")
         return problems
     for key in ("type", "signer", "identity", "winner", "conflict"):
+        if key in expect and expect[key] != got.get(key):
+            problems.append(f"{key} {got.get(key)!r}, expected {expect[key]!r}")
+    for key in ("selected_variant", "provenance", "display"):  # broadcast: compared exactly
         if key in expect and expect[key] != got.get(key):
             problems.append(f"{key} {got.get(key)!r}, expected {expect[key]!r}")
     if expect.get("effective", {}) != got.get("effective", {}):

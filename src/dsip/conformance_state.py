@@ -7,8 +7,8 @@ relay inbox and first-contact state. This module is the only place that speaks t
 vocabulary: it turns vector events into engine calls and engine emissions/snapshots back into
 vector dicts, then reports every difference as one human-readable line.
 
-Components ``authority`` and ``subscriber`` (§9.3, §22) arrive with the discovery issue; they
-raise :class:`StateSkip`.
+Components ``authority`` and ``subscriber`` (§9.3, §22) are driven by
+:mod:`dsip.conformance_broadcast`.
 """
 
 from __future__ import annotations
@@ -44,8 +44,6 @@ from dsip.core.session import (
 
 __all__ = ["StateSkip", "emission_to_vector", "run_state"]
 
-_DEFERRED = frozenset({"authority", "subscriber"})
-
 
 class StateSkip(Exception):
     """The vector drives a component this package does not implement yet."""
@@ -54,8 +52,12 @@ class StateSkip(Exception):
 def run_state(context: Mapping[str, Any], inp: Mapping[str, Any]) -> list[str]:
     """Drive the component through ``inp["steps"]``; return mismatches (empty = pass)."""
     component = context.get("component")
-    if component in _DEFERRED:
-        raise StateSkip("authority/subscriber components arrive with the discovery issue")
+    if component in ("authority", "subscriber"):
+        from dsip.conformance_broadcast import run_authority_state, run_subscriber_state
+
+        if component == "authority":
+            return run_authority_state(context, inp)
+        return run_subscriber_state(context, inp)
     if component == "endpoint":
         runner: _Runner = _EndpointRunner(context)
     elif component == "relay":

@@ -32,7 +32,15 @@ VECTORS = (
 SCHEMA_DIR = Path(dsip.core.payloads.__file__).parent / "schemas"
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 CORE_FIELDS = ["dsip", "type", "id", "from", "issued_at", "expires_at"]
-UNADDRESSED = {"hello", "publish", "unpublish", "provenance", "key-rotation", "reachability-hint", "presence"}
+UNADDRESSED = {
+    "hello",
+    "publish",
+    "unpublish",
+    "provenance",
+    "key-rotation",
+    "reachability-hint",
+    "presence",
+}
 
 # -- example payloads, written from the spec text --------------------------------------------
 
@@ -146,6 +154,17 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         seq=NOW,
     ),
     "ack": message("ack", acks=[ulid(11), ulid(12)]),
+    "usage-record": message(
+        "usage-record",
+        token=ulid(13),
+        service="turn",
+        started_at=NOW - 60,
+        seconds=60,
+        bytes=120_000,
+        debited_msat=60_000,
+        balance_msat=0,
+        state="cut",
+    ),
     "presence": message(
         "presence",
         subject=ALICE_PHONE,
@@ -266,7 +285,7 @@ def test_schema_set_is_complete() -> None:
         "reachability-hint",
     }
     assert v07 <= MESSAGE_TYPES
-    assert MESSAGE_TYPES - v07 == {"ack", "presence"}
+    assert MESSAGE_TYPES - v07 == {"ack", "presence", "usage-record"}
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMA_NAMES | {"common"}))

@@ -36,7 +36,7 @@ async def _relay_call_through_turn(
     make_relay: RelayFactory, client_ssl: object, coturn: Coturn
 ) -> tuple[float, float]:
     relay = await make_relay()
-    relay.turn = lambda did: coturn.credentials(did, ttl=300).as_capability()
+    relay.turn = lambda did, token: coturn.credentials(did, ttl=300).as_capability()
     a_client, b_client = SignalingClient(KeyPair.generate()), SignalingClient(KeyPair.generate())
     for c in (a_client, b_client):
         await c.connect(relay_uri(relay), ssl_context=client_ssl)  # type: ignore[arg-type]

@@ -36,13 +36,13 @@ def test_foundation_categories_have_no_skips() -> None:
     assert [o.vector for o in ran if o.status != "passed"] == []
 
 
-def test_state_vectors_skip_only_the_discovery_components() -> None:
-    """Endpoint and relay traces all run; only authority/subscriber (discovery) are skipped."""
+def test_state_vectors_have_no_skips() -> None:
+    """Endpoint, relay, authority and subscriber traces all run."""
     outcomes = [
         (vec["context"]["component"], run_vector(vid, vec))
         for vid, vec in CASES
         if vid.startswith("state/")
     ]
     assert sum(o.status == "passed" for c, o in outcomes if c in ("endpoint", "relay")) == 57
-    assert {c for c, o in outcomes if o.status == "skipped"} <= {"authority", "subscriber"}
+    assert {c for c, o in outcomes if o.status == "skipped"} == set()
     assert [o.vector for _, o in outcomes if o.status == "failed"] == []

@@ -85,8 +85,10 @@ class SignalingClient:
         clock: Callable[[], float] = time.time,
         extensions: Sequence[str] = (ACK_EXTENSION,),
         resolver: DidResolver | None = None,
+        access_token: str | None = None,
     ) -> None:
         self.device = device
+        self.access_token = access_token
         self.resolver = resolver
         self.identity = identity or device.did
         self.delegations = list(delegations)
@@ -131,6 +133,7 @@ class SignalingClient:
                 delegations=self.delegations,
                 extensions=self.extensions,
                 bindings=("quic/1.0",) if uri.startswith("quic://") else ("ws/1.0",),
+                access_token=self.access_token,
             )
             await conn.send(frame)
             while True:

@@ -406,7 +406,13 @@ def make_payload(
 
 
 def sign_envelope(
-    payload: Mapping[str, Any], key: KeyPair, *, delegations: Sequence[Mapping[str, str]] = ()
+    payload: Mapping[str, Any],
+    key: KeyPair,
+    *,
+    delegations: Sequence[Mapping[str, str]] = (),
+    extra_header: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Serialize ``payload`` compactly and sign it with ``key`` (kid = ``key.kid``)."""
-    return sign_bytes(compact_dumps(payload), key, delegations=delegations)
+    return sign_bytes(
+        compact_dumps(payload), key, delegations=delegations, extra_header=extra_header
+    )

@@ -184,9 +184,11 @@ def sign_bytes(
     *,
     delegations: Sequence[Mapping[str, str]] = (),
     typ: str = TYP,
+    extra_header: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Sign ``payload`` bytes; returns the flattened JWS object."""
-    header: dict[str, Any] = {"alg": "EdDSA", "kid": key.kid, "typ": typ}
+    """Sign ``payload`` bytes; returns the flattened JWS object. ``extra_header`` adds
+    protected-header members (covered by the signature), e.g. an ``access_token``."""
+    header: dict[str, Any] = {**(extra_header or {}), "alg": "EdDSA", "kid": key.kid, "typ": typ}
     if delegations:
         header["delegations"] = [dict(d) for d in delegations]
     protected = b64url_encode(json.dumps(header, separators=(",", ":")).encode("utf-8"))

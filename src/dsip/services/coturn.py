@@ -9,10 +9,12 @@ expired username, so a relay can hand short-lived credentials to the DIDs it aut
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from dsip.errors import ConfigError
 
-__all__ = ["Coturn", "TurnCredentials", "turn_rest_credentials"]
+__all__ = ["Coturn", "CoturnCli", "TurnCredentials", "TurnSession", "turn_rest_credentials"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,12 @@ def turn_rest_credentials(
     return TurnCredentials(uris, username, base64.b64encode(digest).decode("ascii"), expires)
 
 
+def _free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -73,6 +81,11 @@ class Coturn:
         self.port = port or _free_udp_port()
         self.realm = realm
         self.proc: subprocess.Popen[bytes] | None = None
+        self.cli_port = _free_tcp_port()
+        self.cli_password = os.urandom(12).hex()
+
+    def cli(self) -> CoturnCli:
+        return CoturnCli(self.cli_port, self.cli_password)
 
     @property
     def uri(self) -> str:
@@ -112,7 +125,9 @@ class Coturn:
                     "no-tls",
                     "no-dtls",
                     "no-tcp-relay",
-                    "no-cli",
+                    "cli-ip=127.0.0.1",
+                    f"cli-port={self.cli_port}",
+                    f"cli-password={self.cli_password}",
                     "no-multicast-peers",
                     "allow-loopback-peers",
                     "stale-nonce=600",
@@ -146,3 +161,61 @@ class Coturn:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+@dataclass(frozen=True)
+class TurnSession:
+    """One allocation as coturn's CLI reports it."""
+
+    id: str
+    username: str
+    bytes: int  # received + sent, both directions, as counted by coturn
+
+
+_SESSION = re.compile(r"id=(\d+), user <([^>]*)>:")
+_USAGE = re.compile(r"usage: rp=\d+, rb=(\d+), sp=\d+, sb=(\d+)")
+
+
+class CoturnCli:
+    """coturn's telnet CLI on 127.0.0.1: list sessions with usage, cancel a session.
+
+    This is coturn's own administrative interface (``cli-ip``/``cli-port``/``cli-password``);
+    dsip reads usage and enforces metering through it rather than inferring from logs.
+    """
+
+    def __init__(self, port: int, password: str, *, timeout: float = 5.0) -> None:
+        self.port = port
+        self.password = password
+        self.timeout = timeout
+
+    async def _command(self, command: str) -> str:
+        async with asyncio.timeout(self.timeout):
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            try:
+                await reader.readuntil(b"password: ")
+                writer.write(self.password.encode() + b"\r\n")
+                await reader.readuntil(b"> ")
+                writer.write(command.encode() + b"\r\n")
+                out = await reader.readuntil(b"> ")
+                writer.write(b"quit\r\n")
+                return out.decode(errors="replace")
+            finally:
+                writer.close()
+
+    async def sessions(self, user_part: str = "") -> list[TurnSession]:
+        if any(c.isspace() for c in user_part):
+            raise ValueError("user filter must not contain spaces")
+        text = await self._command(f"psp {user_part}" if user_part else "ps")
+        out = []
+        blocks = _SESSION.split(text)
+        # split gives [pre, id, user, body, id, user, body, ...]
+        for i in range(1, len(blocks) - 2, 3):
+            usage = _USAGE.search(blocks[i + 2])
+            total = int(usage.group(1)) + int(usage.group(2)) if usage else 0
+            out.append(TurnSession(blocks[i], blocks[i + 1], total))
+        return out
+
+    async def cancel(self, session_id: str) -> None:
+        if not session_id.isdigit():
+            raise ValueError("session id is numeric")
+        await self._command(f"cs {session_id}")

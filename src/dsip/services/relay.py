@@ -41,6 +41,7 @@ from dsip.core.forking import Deliver, Forward, RelayEngine
 from dsip.core.identity import KeyPair
 from dsip.core.jsonwire import loads_strict
 from dsip.core.jws import encode_frame
+from dsip.core.metering import AccessToken, verify_access_token
 from dsip.core.ratelimit import RateLimiter
 from dsip.core.ulid import is_ulid
 from dsip.errors import DsipError
@@ -62,9 +63,10 @@ logger = logging.getLogger("dsip.relay")
 FirstContactHook = Callable[[Verified], str | None]
 """Called for every routed envelope; returns a reason token to refuse it (trust issue)."""
 
-TurnIssuer = Callable[[str], Mapping[str, Any]]
+TurnIssuer = Callable[[str, "AccessToken | None"], "Mapping[str, Any] | None"]
 """Issues short-lived TURN credentials for an authenticated identity (the ``turn``
-capability of the relay hello): only DIDs that completed a verified hello get them."""
+capability of the relay hello), given the access token the hello presented (verified) or
+``None``: only DIDs that completed a verified hello get them (``TurnService``)."""
 
 _SUPPORTED_EXTENSIONS = (ACK_EXTENSION,)
 
@@ -97,6 +99,13 @@ class _AttemptWires:
 ATTEMPT_TTL = 3600.0  # forget attempt bookkeeping an hour after the invite
 
 
+class _Nobody:
+    """Stand-in for "no connection to exclude" in ``Relay._targets``."""
+
+
+_NOBODY: Any = _Nobody()
+
+
 class Relay:
     """A relay bound to one identity key and one envelope store."""
 
@@ -122,6 +131,8 @@ class Relay:
         self.clock = clock
         self.first_contact = first_contact
         self.turn = turn
+        if turn is not None and hasattr(turn, "__self__") and hasattr(turn.__self__, "notify"):
+            turn.__self__.notify = self._notify  # usage records and warnings reach the device
         self.verifier = Verifier(self.resolver.cached)
         self.devices: dict[str, _Peer] = {}
         self.identities: dict[str, set[str]] = {}
@@ -366,7 +377,7 @@ class Relay:
                     "invites_per_minute": self.config.invites_per_minute,
                 },
                 extensions=offered,
-                extra_capabilities={"turn": dict(self.turn(identity))} if self.turn else None,
+                extra_capabilities=self._turn_capability(identity, v),
             ),
         )
         logger.info("bound %s for %s on %s", device, identity, peer.conn.remote)
@@ -375,6 +386,37 @@ class Relay:
             wires = self._attempts.get(em.id or "")
             if wires is not None:
                 await self._deliver(peer, wires.invite)
+
+    def _turn_capability(self, identity: str, v: Verified) -> dict[str, Any] | None:
+        if self.turn is None:
+            return None
+        token = None
+        raw = v.header.get("access_token")
+        if isinstance(raw, str):
+            try:
+                token = verify_access_token(
+                    raw,
+                    audience="turn",
+                    now=int(self.clock()),
+                    documents=self.resolver.cached,
+                    trusted_issuers=self.config_trusted_issuers(),
+                    subject=identity,
+                )
+            except DsipError as exc:
+                logger.info("access token of %s refused: %s", identity, exc)
+        cap = self.turn(identity, token)
+        return {"turn": dict(cap)} if cap else None
+
+    def config_trusted_issuers(self) -> frozenset[str]:
+        """Token issuers this relay accepts: itself (and, later, configured payment issuers)."""
+        return frozenset({self.did, self.key.did})
+
+    async def _notify(self, did: str, envelope: Mapping[str, Any]) -> None:
+        await self._to_device_or_identity(did, encode_frame(dict(envelope)))
+
+    async def _to_device_or_identity(self, did: str, frame: str) -> None:
+        for target in self._targets(did, exclude=_NOBODY) or []:
+            await self._deliver(target, frame)
 
     def _cose_available(self) -> bool:
         try:

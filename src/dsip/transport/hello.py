@@ -53,6 +53,7 @@ def client_hello(
     delegations: Sequence[Mapping[str, str]] = (),
     extensions: Sequence[str] = (ACK_EXTENSION,),
     bindings: Sequence[str] = ("ws/1.0",),
+    access_token: str | None = None,
 ) -> tuple[dict[str, Any], str]:
     """(payload, frame) of a client hello for ``device``, optionally on behalf of ``identity``."""
     fields: dict[str, Any] = {"bindings": list(bindings)}
@@ -62,7 +63,10 @@ def client_hello(
         "hello", sender=device.did, now=now, ttl=HELLO_TTL, profiles=[], **fields
     )
     payload["dsip"] = _block(extensions)
-    return payload, encode_frame(sign_envelope(payload, device, delegations=delegations))
+    header = {"access_token": access_token} if access_token else None
+    return payload, encode_frame(
+        sign_envelope(payload, device, delegations=delegations, extra_header=header)
+    )
 
 
 def relay_hello(

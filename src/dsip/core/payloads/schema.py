@@ -73,7 +73,7 @@ SCHEMA_BASE_URI: Final = "https://dsip.dev/schema/v0.7/"
 #: Every payload ``type`` of v0.7: the §12.1 set, ``hello`` (§13.2) and the DHT Hints
 #: Profile's ``reachability-hint``; plus the types of dsip's own profiles: ``ack``
 #: (store-and-forward/1.0, custody acknowledgement to a relay) and ``presence``
-#: (presence/1.0, DHT presence records).
+#: (presence/1.0, DHT presence records) and ``usage-record`` (metering/1.0).
 MESSAGE_TYPES: Final[frozenset[str]] = frozenset(
     {
         "invite",
@@ -97,12 +97,17 @@ MESSAGE_TYPES: Final[frozenset[str]] = frozenset(
         "reachability-hint",
         "ack",
         "presence",
+        "usage-record",
     }
 )
 
 #: Everything :func:`validate_named` accepts: the payload types plus the JWS envelope
 #: object (§10.2) and the WebRTC binding's ``info.data`` shape.
-SCHEMA_NAMES: Final[frozenset[str]] = MESSAGE_TYPES | {"envelope", "webrtc-info-data"}
+SCHEMA_NAMES: Final[frozenset[str]] = MESSAGE_TYPES | {
+    "envelope",
+    "webrtc-info-data",
+    "access-token",
+}
 
 #: ``info.about`` value -> schema of its ``data``, for the bindings dsip implements.
 #: Any other ``about`` leaves ``data`` uninspected (§12.12: unknown ``about`` is ignored).
