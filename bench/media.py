@@ -88,8 +88,8 @@ async def raw_aiortc() -> float:
     am, bm = WebRtcMedia(audio=ToneTrack(1000.0)), WebRtcMedia(audio=ToneTrack(600.0))
     try:
         t0 = time.perf_counter()
-        _, offer_t = await am.offer()
-        _, ans = await bm.answer({"transports": offer_t})
+        offer_m, offer_t = await am.offer()
+        _, ans = await bm.answer({"media": offer_m, "transports": offer_t})
         packet = first_packet(bm)
         await am.accept({"transports": ans})
         await asyncio.wait_for(packet.wait(), 20)

@@ -120,3 +120,31 @@ async def test_vanished_peer_ends_the_call_with_media_failed(connect: ClientFact
         await b_media.close()
         await alice.close()
         await bob.close()
+
+
+async def test_a_plain_rtp_offer_is_refused_before_any_media() -> None:
+    from dsip.core.media_binding import MediaBindingError
+
+    a_media, b_media = WebRtcMedia(audio=ToneTrack()), WebRtcMedia(audio=ToneTrack())
+    try:
+        media, transports = await a_media.offer()
+        plain = dict(
+            transports[0], sdp=transports[0]["sdp"].replace("UDP/TLS/RTP/SAVPF", "RTP/AVP")
+        )
+        with pytest.raises(MediaBindingError) as err:
+            await b_media.answer({"media": media, "transports": [plain]})
+        assert err.value.reason == "media.encryption-required"
+        no_fp = dict(
+            transports[0],
+            sdp="".join(
+                line
+                for line in transports[0]["sdp"].splitlines(keepends=True)
+                if not line.startswith("a=fingerprint")
+            ),
+        )
+        with pytest.raises(MediaBindingError):
+            await b_media.answer({"media": media, "transports": [no_fp]})
+        assert b_media.pc.remoteDescription is None  # nothing was applied
+    finally:
+        await a_media.close()
+        await b_media.close()

@@ -135,9 +135,9 @@ async def test_zero_balance_cuts_turn_at_the_expected_time(
         relay_only=True,
     )
     try:
-        _, offer = await am.offer()
-        _, answer = await bm.answer({"transports": offer})
-        await am.accept({"transports": answer})
+        offer_media, offer = await am.offer()
+        answer_media, answer = await bm.answer({"media": offer_media, "transports": offer})
+        await am.accept({"media": answer_media, "transports": answer})
         await am.wait_connected(20)
         # the meter starts at alice's first allocation, seen on the next metering tick
         for _ in range(50):

@@ -30,7 +30,8 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
-from aiortc.sdp import SessionDescription
+
+from dsip.core import media_binding as binding
 
 from dsip.errors import DsipError
 
@@ -97,26 +98,8 @@ def ice_servers_from(capabilities: Mapping[str, Any]) -> list[RTCIceServer]:
 
 
 def descriptors_from_sdp(sdp: str) -> list[dict[str, Any]]:
-    """Structured media descriptors (§16.2) for each ``m=`` section, in order (B§2.1)."""
-    try:
-        desc = SessionDescription.parse(sdp)
-    except Exception as exc:  # aiortc's parser raises assorted errors on junk
-        raise DsipError(
-            f"SDP does not parse: {exc}", code="binding-sdp-invalid", reason="media.unsupported"
-        ) from None
-    out = []
-    for media in desc.media:
-        codecs: list[dict[str, str]] = []
-        for codec in media.rtp.codecs:
-            cid = _CODEC_IDS.get((media.kind, codec.name.lower()))
-            if cid and all(c["id"] != cid for c in codecs):
-                codecs.append({"id": cid})
-        if not codecs:
-            continue
-        out.append(
-            {"type": media.kind, "direction": media.direction or "sendrecv", "codecs": codecs}
-        )
-    return out
+    """Structured media descriptors (§16.2) for our own SDP, one per live ``m=`` section (B§2.1)."""
+    return [d.to_mapping() for d in binding.descriptors_from_sdp(sdp)]
 
 
 class WebRtcMedia:
@@ -140,6 +123,7 @@ class WebRtcMedia:
         self.audio = audio
         self.video = video
         self.received: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
+        self._offer: binding.WebRtcDescription | None = None
         self._connected = asyncio.Event()
         self._failed = asyncio.Event()
 
@@ -173,12 +157,25 @@ class WebRtcMedia:
         self._add_tracks()
         await self.pc.setLocalDescription(await self.pc.createOffer())
         sdp = self.pc.localDescription.sdp
-        return descriptors_from_sdp(sdp), [{"id": "transport:webrtc", "ice": "trickle", "sdp": sdp}]
+        media, transports = descriptors_from_sdp(sdp), [binding.webrtc_transport(sdp, offer=True)]
+        # Our own offer passes the binding's checks before it is signed (B§2–B§3.3).
+        self._offer = binding.check_offer({"media": media, "transports": transports})
+        return media, transports
 
     async def answer(
         self, offer: Mapping[str, Any]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Apply a received offer; (selection, [transport]) for the ``answer`` (B§3)."""
+        """Check and apply a received offer; (selection, [transport]) for the ``answer`` (B§3).
+
+        An offer that breaks the binding raises ``MediaBindingError`` carrying the reason
+        token the callee rejects with (``media.unsupported``, ``media.encryption-required``,
+        ``media.offer-required``)."""
+        if binding.check_offer(offer) is None:
+            raise binding.MediaBindingError(
+                "no transport:webrtc offered",
+                code="binding-sdp-missing",
+                reason="media.offer-required",
+            )
         sdp = _sdp_of(offer)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         for transceiver in self.pc.getTransceivers():
@@ -188,10 +185,15 @@ class WebRtcMedia:
                 transceiver.direction = "sendrecv"
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         answer_sdp = self.pc.localDescription.sdp
-        return descriptors_from_sdp(answer_sdp), [{"id": "transport:webrtc", "sdp": answer_sdp}]
+        return descriptors_from_sdp(answer_sdp), [binding.webrtc_transport(answer_sdp, offer=False)]
 
     async def accept(self, answer: Mapping[str, Any]) -> None:
-        """Apply the peer's ``answer`` (the one answer the session accepted, B§6)."""
+        """Check and apply the peer's ``answer`` (the one answer the session accepted, B§6).
+
+        An answer that does not answer our offer raises ``MediaBindingError``
+        (``media.failed``): the caller ends the session with ``bye`` (B§8)."""
+        if self._offer is not None:
+            binding.check_answer(self._offer, answer)
         await self.pc.setRemoteDescription(
             RTCSessionDescription(sdp=_sdp_of(answer), type="answer")
         )
