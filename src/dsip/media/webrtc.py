@@ -32,7 +32,6 @@ from aiortc import (
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from dsip.core import media_binding as binding
-
 from dsip.errors import DsipError
 
 __all__ = [
