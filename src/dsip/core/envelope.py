@@ -52,6 +52,7 @@ from dsip.errors import DsipError, EnvelopeError, PayloadError, TransportError
 
 __all__ = [
     "DEFAULT_TTL",
+    "HELD_TYPES",
     "REPLAY_WINDOW",
     "ReplayStore",
     "Signed",
@@ -66,6 +67,11 @@ __all__ = [
 REPLAY_WINDOW = 300  # §12.9, both directions
 ULID_TOLERANCE_MS = 300_000  # §20.6
 DEFAULT_TTL = 30  # §12.9 invite validity; our default for every message we send
+# Types a relay legitimately holds for an offline recipient (§13.3, §19.4, sealed-envelope/1.0):
+# delivered after the hold, their issued_at may be older than the replay window. They are
+# accepted until expires_at (lifetime at most MAX_HOLD_S) and their ids remembered as long.
+HELD_TYPES = frozenset({"introduction", "sealed"})
+MAX_HOLD_S = 7 * 86_400
 _CORE_STR = ("type", "id", "from")
 _CORE_INT = ("issued_at", "expires_at")
 # Stages 7–11 failures on a hello are answered with transport.hello-rejected (§15.4).
@@ -123,8 +129,10 @@ class ReplayStore:
                 reason="transport.rate-limited",
             )
 
-    def add(self, msg_id: str, issued_at: int) -> None:
-        forget_at = issued_at + self.window
+    def add(self, msg_id: str, issued_at: int, *, keep_until: int | None = None) -> None:
+        """Remember ``msg_id`` until its ``issued_at`` leaves the window, or ``keep_until``
+        for held types (which stay acceptable until they expire)."""
+        forget_at = max(issued_at + self.window, keep_until or 0)
         self._ids[msg_id] = forget_at
         heapq.heappush(self._heap, (forget_at, msg_id))
 
@@ -272,7 +280,8 @@ class Verifier:
                 raise EnvelopeError(
                     f"expires_at {exp} is not after issued_at {iat}", code="expiry-order"
                 )
-            if not now - REPLAY_WINDOW <= iat <= now + REPLAY_WINDOW:  # stage 9
+            held = msg_type in HELD_TYPES and exp - iat <= MAX_HOLD_S
+            if not (iat if held else now - REPLAY_WINDOW) <= iat <= now + REPLAY_WINDOW:  # stage 9
                 raise EnvelopeError(
                     f"issued_at {iat} is outside now {now} ± {REPLAY_WINDOW} s",
                     code="replay-window",
@@ -307,7 +316,8 @@ class Verifier:
             ctx = replace(ctx, signer_kid=kid, recovery_kids=doc.recovery if doc else None)
         interp = check_decoded(payload, self.supported, ctx)  # stages 12–14
         if record:
-            self.replay.add(payload["id"], payload["issued_at"])
+            keep = payload["expires_at"] if msg_type in HELD_TYPES else None
+            self.replay.add(payload["id"], payload["issued_at"], keep_until=keep)
         return Verified(
             type=msg_type,
             payload=payload,

@@ -348,5 +348,5 @@ class _NoReplayStore(ReplayStore):
     def check(self, msg_id: str, now: int) -> None:
         return None
 
-    def add(self, msg_id: str, issued_at: int) -> None:
+    def add(self, msg_id: str, issued_at: int, *, keep_until: int | None = None) -> None:
         return None

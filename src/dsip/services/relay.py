@@ -139,6 +139,9 @@ class Relay:
         # Forking attempts (§12.7) are decided by the sans-I/O engine; the relay keeps the
         # wire form of what the engine refers to by id.
         self.forking = RelayEngine(offline_retention_s=config.offline_retention_s)
+        # Web Push (RFC 8030/8291/8292): device DID → (identity, subscription payload).
+        self.push_subscriptions: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._vapid: Any = None
         self._attempts: dict[str, _AttemptWires] = {}
         self._peers: set[_Peer] = set()
         self._rl_did = RateLimiter(config.envelopes_per_minute)
@@ -317,6 +320,10 @@ class Relay:
             await self._bind(peer, v)
         elif v.type == "ack":
             await self._on_ack(peer, v)
+        elif v.type == "push-subscription":
+            if v.signer == peer.device and peer.device and peer.identity:
+                self.push_subscriptions[peer.device] = (peer.identity, dict(v.payload))
+                logger.info("push subscription registered for %s", peer.device)
         else:
             await self._route(peer, v, now)
 
@@ -657,6 +664,42 @@ class Relay:
         wire = v.wire.encode() if isinstance(v.wire, str) else v.wire
         await self.store.put(recipient, v.id, wire, expires_at=expires, now=int(self.clock()))
         self.stats["stored"] += 1
+        self._spawn(self._push_wake(recipient, v.id))
+
+    async def _push_wake(self, recipient: str, envelope_id: str) -> None:
+        """Wake the recipient's devices: a Web Push whose payload is only {relay, envelope_id}."""
+        targets = [
+            sub
+            for device, (identity, sub) in self.push_subscriptions.items()
+            if recipient in (device, identity) and device not in self.devices
+        ]
+        if not targets:
+            return
+        import json as _json
+
+        from pywebpush import WebPushException, webpush
+
+        if self._vapid is None:
+            from py_vapid import Vapid02
+
+            self._vapid = Vapid02()
+            self._vapid.generate_keys()
+        data = _json.dumps({"relay": self.did, "envelope_id": envelope_id})
+        for sub in targets:
+            info = {"endpoint": sub["endpoint"], "keys": sub["keys"]}
+            try:
+                await asyncio.to_thread(
+                    webpush,
+                    info,
+                    data=data,
+                    vapid_private_key=self._vapid,
+                    vapid_claims={"sub": "mailto:relay@dsip.invalid"},
+                    ttl=self.config.offline_retention_s,
+                    timeout=5,
+                )
+                self.stats["pushed"] = self.stats.get("pushed", 0) + 1
+            except WebPushException as exc:
+                logger.warning("push to %s failed: %s", sub["endpoint"][:60], exc)
 
     async def _store_frame(self, recipient: str, frame: str | bytes) -> None:
         """Store an already-verified frame again (slow or departed connection)."""

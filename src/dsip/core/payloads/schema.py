@@ -73,7 +73,8 @@ SCHEMA_BASE_URI: Final = "https://dsip.dev/schema/v0.7/"
 #: Every payload ``type`` of v0.7: the §12.1 set, ``hello`` (§13.2) and the DHT Hints
 #: Profile's ``reachability-hint``; plus the types of dsip's own profiles: ``ack``
 #: (store-and-forward/1.0, custody acknowledgement to a relay) and ``presence``
-#: (presence/1.0, DHT presence records) and ``usage-record`` (metering/1.0).
+#: (presence/1.0, DHT presence records), ``usage-record`` (metering/1.0) and ``sealed``
+#: (sealed-envelope/1.0, HPKE store-and-forward).
 MESSAGE_TYPES: Final[frozenset[str]] = frozenset(
     {
         "invite",
@@ -98,6 +99,8 @@ MESSAGE_TYPES: Final[frozenset[str]] = frozenset(
         "ack",
         "presence",
         "usage-record",
+        "sealed",
+        "push-subscription",
     }
 )
 
