@@ -284,3 +284,70 @@ async def test_video_is_forwarded_too(janus: Janus) -> None:
 
     assert janus.network is not None
     await janus.network.run(scenario, timeout=90)
+
+
+async def test_metered_sfu_grant_is_cut_when_the_balance_is_spent(janus: Janus) -> None:
+    """A metering/1.0 token with 3 s of balance: the participant is kicked ~3 s after joining,
+    and a signed usage record says so."""
+    from dsip.core.envelope import Verifier
+    from dsip.core.metering import issue_access_token as issue_metered
+    from dsip.services.sfu import metering_access_verifier
+    from dsip.services.sfu_metering import MeteredRooms
+
+    async def scenario() -> None:
+        issuer = KeyPair.generate()
+        admitter = JoinAdmitter(
+            audience=AUDIENCE,
+            verify_token=metering_access_verifier(trusted_issuers=frozenset({issuer.did})),
+        )
+        rooms = MeteredRooms(
+            janus.admin(),
+            janus_url=janus.url,
+            room_admin_key=janus.room_admin_key,
+            signer=issuer,
+            interval=0.5,
+            throttle_window=1,
+        )
+        service = await SfuJoinService(admitter, rooms).start()
+        key = KeyPair.generate()
+        now = int(time.time())
+        token = issue_metered(
+            issuer,
+            subject=key.did,
+            balance_msat=3000,
+            msat_per_second=1000,
+            now=now,
+            audience=("sfu",),
+            room=ROOM,
+        )
+        client = None
+        try:
+            grant = await request_join(
+                service.url, key, access_token=token, room=ROOM, audience=AUDIENCE
+            )
+            joined = time.monotonic()
+            client = SfuGroupClient(grant, audio=ToneTrack(800.0))
+            await client.join()
+            for _ in range(100):
+                if grant.token not in rooms.metered:
+                    break
+                await asyncio.sleep(0.1)
+            elapsed = time.monotonic() - joined
+            assert grant.token not in rooms.metered
+            assert 2.0 <= elapsed <= 3.0 + 0.5 + 1.5  # 3 s of balance, ± one interval and a tick
+            final = Verifier().verify(rooms.records[-1], now=int(time.time()))
+            assert (final.payload["state"], final.payload["service"], final.payload["to"]) == (
+                "cut",
+                "sfu",
+                key.did,
+            )
+            assert grant.token not in rooms.grants  # the Janus token is gone from the room ACL
+        finally:
+            if client is not None:
+                await client.close()
+            await rooms.close_metering()
+            await service.stop()
+            await rooms.admin.aclose()
+
+    assert janus.network is not None
+    await janus.network.run(scenario, timeout=90)

@@ -72,6 +72,7 @@ class AccessToken:
     msat_per_second: int | None
     msat_per_mb: int | None
     reputation: Mapping[str, Any] | None = None
+    room: str | None = None
     raw: str = field(default="", repr=False)
 
 
@@ -106,8 +107,10 @@ def issue_access_token(
     msat_per_second: int | None = None,
     msat_per_mb: int | None = None,
     reputation: Mapping[str, Any] | None = None,
+    room: str | None = None,
 ) -> str:
-    """A signed prepaid token for ``subject`` (exactly one of the two rates)."""
+    """A signed prepaid token for ``subject`` (exactly one of the two rates); ``room``
+    restricts an ``sfu`` token to one room."""
     if (msat_per_second is None) == (msat_per_mb is None):
         raise ValueError("give exactly one of msat_per_second, msat_per_mb")
     rate = (
@@ -127,6 +130,8 @@ def issue_access_token(
     }
     if reputation is not None:
         claims["reputation"] = dict(reputation)
+    if room is not None:
+        claims["room"] = room
     validate_named("access-token", claims)
     header = {"alg": "EdDSA", "kid": issuer.kid, "typ": "dsip-access+jwt"}
     with _eddsa():
@@ -193,6 +198,7 @@ def verify_access_token(
         msat_per_second=rate.get("msat_per_second"),
         msat_per_mb=rate.get("msat_per_mb"),
         reputation=claims.get("reputation"),
+        room=claims.get("room"),
         raw=token,
     )
 

@@ -67,6 +67,7 @@ from dsip.core.envelope import ReplayStore
 from dsip.core.identity import DocumentSource, KeyPair, is_did, resolve_kid, split_did_url
 from dsip.core.jsonwire import loads_strict
 from dsip.core.jws import decode_header, parse_envelope, sign_bytes
+from dsip.core.metering import AccessToken, verify_access_token
 from dsip.errors import DsipError
 from dsip.services.janus import VIDEOROOM, HandleUsage, JanusAdmin, JanusError, participant_stats
 
@@ -137,6 +138,7 @@ class AccessGrant:
     room: str
     issuer: str
     expires_at: int
+    metered: AccessToken | None = None  # a metering/1.0 prepaid token: spend it while joined
 
 
 AccessTokenVerifier = Callable[[str, int], AccessGrant]
@@ -177,6 +179,28 @@ def jwt_access_verifier(
         if exp <= now - leeway:
             raise _blocked(f"access token expired at {exp}, now {now}", "token-expired")
         return AccessGrant(subject=str(sub), room=room, issuer=str(iss), expires_at=exp)
+
+    return verify
+
+
+def metering_access_verifier(
+    *, documents: DocumentSource | None = None, trusted_issuers: frozenset[str] | None = None
+) -> AccessTokenVerifier:
+    """Prepaid metering/1.0 tokens (``dsip.core.metering``) with audience ``sfu`` and a
+    ``room`` claim: the grant carries the token so ``SfuMetering`` can spend it."""
+
+    def verify(token: str, now: int) -> AccessGrant:
+        try:
+            t = verify_access_token(
+                token, audience="sfu", now=now, documents=documents, trusted_issuers=trusted_issuers
+            )
+        except DsipError as exc:
+            raise AdmissionError(exc.message, code=exc.code, reason=exc.reason) from None
+        if t.room is None:
+            raise _blocked("an sfu access token must name its room", "token-room")
+        return AccessGrant(
+            subject=t.subject, room=t.room, issuer=t.issuer, expires_at=t.expires_at, metered=t
+        )
 
     return verify
 
@@ -240,6 +264,7 @@ class Admission:
     room: str
     expires_at: int
     issuer: str
+    metered: AccessToken | None = None
 
 
 class JoinAdmitter:
@@ -286,7 +311,9 @@ class JoinAdmitter:
         # nothing is remembered for a refused request.
         self.nonces.add(replay_key, max(iat, now))
         expires = min(grant.expires_at, now + self.max_grant_ttl)
-        return Admission(did=signer, room=room, expires_at=expires, issuer=grant.issuer)
+        return Admission(
+            did=signer, room=room, expires_at=expires, issuer=grant.issuer, metered=grant.metered
+        )
 
     @staticmethod
     def _parse(body: bytes) -> dict[str, Any]:
