@@ -89,9 +89,9 @@ async def raw_aiortc() -> float:
     try:
         t0 = time.perf_counter()
         offer_m, offer_t = await am.offer()
-        _, ans = await bm.answer({"media": offer_m, "transports": offer_t})
+        ans_m, ans = await bm.answer({"media": offer_m, "transports": offer_t})
         packet = first_packet(bm)
-        await am.accept({"transports": ans})
+        await am.accept({"media": ans_m, "transports": ans})
         await asyncio.wait_for(packet.wait(), 20)
         return time.perf_counter() - t0
     finally:
@@ -140,6 +140,87 @@ async def main_async(calls: int, seconds: float) -> None:
     print(
         f"{'CPU per two-party call (both ends, this process)':<52} {held.get('cpu_per_s', 0) * 100:>10.1f} %  of one core"
     )
+    fanout = await sfu_fanout((3, 6), min(seconds, 10.0))
+    for n, (cpu, streams) in fanout.items():
+        print(
+            f"{f'SFU fan-out, {n} participants (Janus CPU)':<52} {cpu:>10.1f} %  {streams} forwarded audio streams"
+        )
+    if not fanout:
+        print(
+            "SFU fan-out: skipped (needs root for the Janus network namespace and the janus package)"
+        )
+
+
+async def sfu_fanout(sizes: tuple[int, ...], seconds: float) -> dict[int, tuple[float, int]]:
+    """Janus CPU (% of one core) while N participants each publish a tone and receive the
+    other N-1, and the number of forwarded streams; Janus runs in its test namespace."""
+    import shutil
+
+    from dsip.media.sfu_client import SfuGroupClient, request_join
+    from dsip.services.janus import IsolatedNetwork, Janus
+    from dsip.services.sfu import (
+        JanusRooms,
+        JoinAdmitter,
+        SfuJoinService,
+        issue_access_token,
+        jwt_access_verifier,
+    )
+
+    if IsolatedNetwork.available() is not None or shutil.which("janus") is None:
+        return {}
+    net = IsolatedNetwork().create()
+    janus = Janus(Path(tempfile.mkdtemp(prefix="dsip-bench-janus-")), network=net)
+    results: dict[int, tuple[float, int]] = {}
+    try:
+        janus.start()
+        assert janus.proc is not None
+        pid = janus.proc.pid
+        for n in sizes:
+
+            async def scenario(n: int = n) -> tuple[float, int]:
+                issuer = KeyPair.generate()
+                verifier = jwt_access_verifier({issuer.did: issuer.public_key})
+                rooms = JanusRooms(
+                    janus.admin(), janus_url=janus.url, room_admin_key=janus.room_admin_key
+                )
+                service = await SfuJoinService(
+                    JoinAdmitter(audience="bench", verify_token=verifier), rooms
+                ).start()
+                clients = []
+                try:
+                    for i in range(n):
+                        key = KeyPair.generate()
+                        tok = issue_access_token(
+                            issuer, subject=key.did, room=f"bench{n}", now=int(time.time())
+                        )
+                        grant = await request_join(
+                            service.url, key, access_token=tok, room=f"bench{n}", audience="bench"
+                        )
+                        clients.append(SfuGroupClient(grant, audio=ToneTrack(400.0 + 100 * i)))
+                    await asyncio.gather(*(c.join() for c in clients))
+                    for c in clients:
+                        await c.wait_for_tracks(n - 1, timeout=30)
+                    cpu0 = _proc_cpu(pid)
+                    await asyncio.sleep(seconds)
+                    return (_proc_cpu(pid) - cpu0) / seconds * 100, n * (n - 1)
+                finally:
+                    for c in clients:
+                        await c.close()
+                    await service.stop()
+                    await rooms.admin.aclose()
+
+            results[n] = await net.run(scenario, timeout=180)
+    finally:
+        janus.stop()
+        net.delete()
+    return results
+
+
+def _proc_cpu(pid: int) -> float:
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def first_packet(media: WebRtcMedia) -> asyncio.Event:
