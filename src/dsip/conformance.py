@@ -26,10 +26,7 @@ from dsip.errors import DsipError
 __all__ = ["Outcome", "Report", "load_vectors", "run_directory", "run_vector"]
 
 # kind → why it is skipped (the issue that brings the component).
-NOT_IMPLEMENTED: dict[str, str] = {
-    "gateway": "the SIP gateway arrives with the gateway issue",
-    "trust": "credential display arrives with the trust issue",
-}
+NOT_IMPLEMENTED: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -99,6 +96,10 @@ def run_vector(vid: str, vec: Mapping[str, Any]) -> Outcome:
         return _run_state_vector(vid, category, vec)
     if kind == "media-binding":
         return _run_media_binding_vector(vid, category, vec)
+    if kind == "gateway":
+        return _run_gateway_vector(vid, category, vec)
+    if kind == "trust":
+        return _run_trust_vector(vid, category, vec)
     handler = _HANDLERS.get(kind)
     if handler is None:
         why = NOT_IMPLEMENTED.get(kind, f"unknown vector kind {kind!r}")
@@ -136,6 +137,39 @@ def _run_media_binding_vector(vid: str, category: str, vec: Mapping[str, Any]) -
     kind = "media-binding"
     try:
         problems = run_media_binding(vec.get("context", {}), vec["input"], vec["expect"])
+    except Exception as exc:
+        return Outcome(vid, category, kind, "failed", f"crashed: {type(exc).__name__}: {exc}")
+    if problems:
+        return Outcome(vid, category, kind, "failed", "; ".join(problems[:5]))
+    return Outcome(vid, category, kind, "passed")
+
+
+def _run_trust_vector(vid: str, category: str, vec: Mapping[str, Any]) -> Outcome:
+    from dsip.core.trust.display import run_trust
+
+    try:
+        got = run_trust(vec.get("context", {}), vec["input"])
+    except Exception as exc:
+        return Outcome(vid, category, "trust", "failed", f"crashed: {type(exc).__name__}: {exc}")
+    expect = vec["expect"]
+    # A display string is compared whole; an object expectation field by field.
+    if isinstance(expect, Mapping) and isinstance(got, Mapping):
+        problems = [
+            f"{k} {got.get(k)!r}, expected {v!r}" for k, v in expect.items() if got.get(k) != v
+        ]
+    else:
+        problems = [] if got == expect else [f"got {got!r}, expected {expect!r}"]
+    if problems:
+        return Outcome(vid, category, "trust", "failed", "; ".join(problems[:5]))
+    return Outcome(vid, category, "trust", "passed")
+
+
+def _run_gateway_vector(vid: str, category: str, vec: Mapping[str, Any]) -> Outcome:
+    from dsip.conformance_gateway import run_gateway
+
+    kind = "gateway"
+    try:
+        problems = run_gateway(vec.get("context", {}), vec["input"], vec["expect"])
     except Exception as exc:
         return Outcome(vid, category, kind, "failed", f"crashed: {type(exc).__name__}: {exc}")
     if problems:

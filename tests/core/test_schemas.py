@@ -40,6 +40,7 @@ UNADDRESSED = {
     "key-rotation",
     "reachability-hint",
     "presence",
+    "prekey-bundle",
 }
 
 # -- example payloads, written from the spec text --------------------------------------------
@@ -154,6 +155,30 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         seq=NOW,
     ),
     "ack": message("ack", acks=[ulid(11), ulid(12)]),
+    "mls": message(
+        "mls",
+        to=RELAY,
+        group="q83vEjRWeJA",
+        epoch=3,
+        content_type="application",
+        data="AAEAAgAIq83vEjRWeJA",
+    ),
+    "msg": message(
+        "msg",
+        to=ALICE_PHONE,
+        content={"enc": "dr-v1", "ciphertext": "q83vEjRWeJA", "aad": "e30"},
+        header={"ratchet_key": "A" * 43, "previous_chain_length": 0, "message_number": 0},
+        x3dh={"identity_key": "A" * 43, "ephemeral_key": "A" * 43, "signed_prekey_id": 1},
+    ),
+    "prekey-bundle": message(
+        "prekey-bundle",
+        device=ALICE_PHONE,
+        identity_key="A" * 43,
+        signed_prekey={"id": 1, "key": "A" * 43, "signature": "A" * 86},
+        one_time_prekeys=[{"id": 1, "key": "A" * 43}, {"id": 2, "key": "E" * 43}],
+    ),
+    "prekey-claim": message("prekey-claim", target=BOB),
+    "prekey-claimed": message("prekey-claimed", in_reply_to=ulid(14), bundles=[]),
     "push-subscription": message(
         "push-subscription",
         endpoint="http://127.0.0.1:9999/push/abc",
@@ -293,7 +318,15 @@ def test_schema_set_is_complete() -> None:
         "reachability-hint",
     }
     assert v07 <= MESSAGE_TYPES
-    assert {"ack", "presence", "usage-record", "sealed"} <= MESSAGE_TYPES - v07
+    assert {
+        "ack",
+        "presence",
+        "usage-record",
+        "sealed",
+        "msg",
+        "prekey-bundle",
+        "mls",
+    } <= MESSAGE_TYPES - v07
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMA_NAMES | {"common"}))

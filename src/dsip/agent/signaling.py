@@ -201,6 +201,12 @@ class SignalingClient:
             raise TransportError("not connected", code="not-connected")
         await self._conn.send(self.seal(payload))
 
+    async def send_frame(self, frame: str | bytes) -> None:
+        """Send an envelope signed elsewhere (e.g. a ``msg`` from the messaging layer)."""
+        if self._conn is None:
+            raise TransportError("not connected", code="not-connected")
+        await self._conn.send(frame)
+
     # --- receiving ------------------------------------------------------------------------
 
     async def recv(self, timeout: float | None = None) -> Verified:

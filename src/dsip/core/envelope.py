@@ -70,7 +70,7 @@ DEFAULT_TTL = 30  # §12.9 invite validity; our default for every message we sen
 # Types a relay legitimately holds for an offline recipient (§13.3, §19.4, sealed-envelope/1.0):
 # delivered after the hold, their issued_at may be older than the replay window. They are
 # accepted until expires_at (lifetime at most MAX_HOLD_S) and their ids remembered as long.
-HELD_TYPES = frozenset({"introduction", "sealed"})
+HELD_TYPES = frozenset({"introduction", "sealed", "msg"})
 MAX_HOLD_S = 7 * 86_400
 _CORE_STR = ("type", "id", "from")
 _CORE_INT = ("issued_at", "expires_at")

@@ -99,8 +99,13 @@ MESSAGE_TYPES: Final[frozenset[str]] = frozenset(
         "ack",
         "presence",
         "usage-record",
+        "mls",  # mls/1.0: one MLS (RFC 9420) group message (dsip.messaging.mls)
+        "msg",  # messaging profile: 1:1 end-to-end encrypted message (dsip.messaging)
+        "prekey-bundle",  # messaging profile: a device's X3DH prekeys (dsip.messaging)
         "sealed",
         "push-subscription",
+        "prekey-claim",
+        "prekey-claimed",
     }
 )
 
@@ -110,6 +115,17 @@ SCHEMA_NAMES: Final[frozenset[str]] = MESSAGE_TYPES | {
     "envelope",
     "webrtc-info-data",
     "access-token",
+    "msg-inner",  # the plaintext inside a msg, validated after decryption
+    "verifiable-credential",
+    "vc-display-name",
+    "vc-organization",
+    "vc-reputation-score",
+    "vc-role",
+    "vc-status-list",
+    "rcid",
+    "payment-receipt",
+    "community-list",
+    "trust-policy",
 }
 
 #: ``info.about`` value -> schema of its ``data``, for the bindings dsip implements.

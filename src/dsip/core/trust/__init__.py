@@ -1,0 +1,8 @@
+"""Trust (seed §6.2, §8–§9; v0.7 §18–§19): credentials, Rich Caller ID, policy, first contact.
+
+One concept per module: :mod:`~dsip.core.trust.display` (basis lines, never badges),
+:mod:`~dsip.core.trust.vc` (W3C Verifiable Credentials and Bitstring Status Lists),
+:mod:`~dsip.core.trust.rcid` (``rcid.v1`` on invites), :mod:`~dsip.core.trust.policy`
+(declarative TOML policy engine) and :mod:`~dsip.core.trust.first_contact` (gated
+introductions and signed community lists). Everything here is sans-I/O: time is ``now``.
+"""
