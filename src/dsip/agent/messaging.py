@@ -97,7 +97,13 @@ class MessagingAgent:
         if not self.messenger.devices(peer):
             await self.claim(peer)
         own = self.messenger.identity
-        if own != peer and own not in self._claimed and not self.messenger.devices(own):
+        single = own == self.messenger.device.did  # a did:key identity is its only device
+        if (
+            not single
+            and own != peer
+            and own not in self._claimed
+            and not self.messenger.devices(own)
+        ):
             self._claimed.add(own)
             await self.claim(own)  # our other devices get a copy
         sent = self.messenger.conversation(peer).send_text(body, now=self._now(), **fields)

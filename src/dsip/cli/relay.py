@@ -58,6 +58,33 @@ def register(sub: Any) -> None:
         help="also trust this CA (PEM) when resolving did:web documents (local networks)",
     )
     p.add_argument(
+        "--public-uri",
+        metavar="URI",
+        action="append",
+        help="federation: this relay's own wss:// (or quic://) URI as its users' DID documents "
+        "name it (repeat for each endpoint); envelopes for DIDs whose documents name another "
+        "relay are forwarded there",
+    )
+    p.add_argument(
+        "--federation-rate",
+        type=int,
+        metavar="N",
+        help="federation: envelopes per minute accepted from each peer relay (default 60000)",
+    )
+    p.add_argument(
+        "--federation-backoff-max",
+        type=float,
+        metavar="SECONDS",
+        help="federation: longest pause between reconnection attempts to a far relay "
+        "(default 60; the first pause is at most 1 s, doubling, fully jittered)",
+    )
+    p.add_argument(
+        "--prekeys",
+        type=Path,
+        metavar="FILE",
+        help="offer the prekeys/1.0 service (end-to-end messaging) with this SQLite file",
+    )
+    p.add_argument(
         "--ready-file", type=Path, help="write {did, ws_port, quic_port} here once listening"
     )
     p.set_defaults(func=_run)
@@ -118,7 +145,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.local_ca is not None:
         overrides["tls_cert"], overrides["tls_key"] = _mint_local_tls(args.local_ca)
     cfg = load_relay_config(args.config).with_overrides(**overrides)
-    return run_event_loop(_serve(cfg, args.ready_file, args.trust_ca))
+    uris = args.public_uri or []
+    federation: dict[str, Any] = {"public_uri": uris[0] if uris else None}
+    federation["other_uris"] = tuple(uris[1:])
+    if args.federation_rate is not None:
+        federation["peer_envelopes_per_minute"] = args.federation_rate
+    if args.federation_backoff_max is not None:
+        federation["backoff_max_s"] = args.federation_backoff_max
+        federation["backoff_initial_s"] = min(1.0, args.federation_backoff_max)
+    return run_event_loop(_serve(cfg, args.ready_file, args.trust_ca, federation, args.prekeys))
 
 
 def _mint_local_tls(directory: Path) -> tuple[str, str]:
@@ -137,8 +172,16 @@ def _mint_local_tls(directory: Path) -> tuple[str, str]:
     return str(directory / "relay.crt"), str(key_path)
 
 
-async def _serve(cfg: RelayConfig, ready_file: Path | None, trust_ca: Path | None = None) -> int:
+async def _serve(
+    cfg: RelayConfig,
+    ready_file: Path | None,
+    trust_ca: Path | None = None,
+    federation: dict[str, Any] | None = None,
+    prekeys_path: Path | None = None,
+) -> int:
     from dsip.agent.resolver import DidResolver
+    from dsip.messaging.prekeys import PrekeyStore
+    from dsip.services.federation import FederationSettings
     from dsip.services.relay import Relay
     from dsip.storage import open_store
 
@@ -148,17 +191,35 @@ async def _serve(cfg: RelayConfig, ready_file: Path | None, trust_ca: Path | Non
         server_ssl.minimum_version = ssl.TLSVersion.TLSv1_3
         server_ssl.load_cert_chain(cfg.tls_cert, cfg.tls_key)
     key = _load_key(cfg)
-    store = await open_store(cfg.store, limits=store_limits(cfg))
     resolver_tls: ssl.SSLContext | bool = True
     if trust_ca is not None:
         resolver_tls = ssl.create_default_context()
         resolver_tls.load_verify_locations(cafile=str(trust_ca))
-    relay = Relay(cfg, key, store, server_ssl=server_ssl, resolver=DidResolver(verify=resolver_tls))
+    try:  # far relays are dialled with the same trust as did:web documents are fetched
+        settings = FederationSettings(
+            ssl_context=resolver_tls if isinstance(resolver_tls, ssl.SSLContext) else None,
+            cafile=str(trust_ca) if trust_ca is not None else None,
+            **(federation or {}),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"federation: {exc}") from None
+    store = await open_store(cfg.store, limits=store_limits(cfg))
+    prekeys = PrekeyStore.open(prekeys_path) if prekeys_path is not None else None
+    relay = Relay(
+        cfg,
+        key,
+        store,
+        server_ssl=server_ssl,
+        resolver=DidResolver(verify=resolver_tls),
+        federation=settings,
+        prekeys=prekeys,
+    )
     await relay.start()
     info = {
         "did": relay.did,
         "ws_port": relay.ws_port,
         "quic_port": relay.quic_port,
+        "public_uri": settings.public_uri,
         "pid": os.getpid(),
     }
     scheme = "wss" if server_ssl else "ws"
@@ -174,4 +235,6 @@ async def _serve(cfg: RelayConfig, ready_file: Path | None, trust_ca: Path | Non
     await stop.wait()
     logger.info("shutting down")
     await relay.stop()
+    if prekeys is not None:
+        prekeys.close()
     return 0

@@ -20,6 +20,11 @@ A relay never silently drops an envelope on a live connection (§13.2): a refusa
 signed ``error`` with the reason token. A slow reader cannot stall anyone else: each
 connection has a bounded send queue; when it is full the connection is closed and what
 could not be sent is stored for the device's next binding.
+
+Federation (``dsip.services.federation``) adds clearly marked hooks: a ``hello`` carrying
+``federation/1.0`` from a relay identity binds a *peer relay*, whose envelopes are limited
+per origin, delivered only locally and acknowledged with a custody ``ack``; an envelope for a
+DID neither bound nor known here goes to the outbox of the relay its DID document names.
 """
 
 from __future__ import annotations
@@ -45,6 +50,14 @@ from dsip.core.metering import AccessToken, verify_access_token
 from dsip.core.ratelimit import RateLimiter
 from dsip.core.ulid import is_ulid
 from dsip.errors import DsipError
+from dsip.messaging.prekeys import PrekeyStore, verify_prekey_bundle
+from dsip.services.federation import (
+    FEDERATION_EXTENSION,
+    Federation,
+    FederationSettings,
+    envelope_id_of,
+    record_custody,
+)
 from dsip.storage.base import EnvelopeStore
 from dsip.transport.base import (
     CLOSE_GOING_AWAY,
@@ -84,6 +97,7 @@ class _Peer:
     # stored deliveries awaiting the device's ack: envelope id → store recipient key
     unacked: dict[str, str] = field(default_factory=dict)
     hello_deadline: float = 0.0
+    relay: str | None = None  # federation: the DID of a bound peer relay (device = it, too)
 
 
 @dataclass(eq=False)
@@ -121,6 +135,8 @@ class Relay:
         clock: Callable[[], float] = time.time,
         first_contact: FirstContactHook | None = None,
         turn: TurnIssuer | None = None,
+        federation: FederationSettings | None = None,
+        prekeys: PrekeyStore | None = None,
     ) -> None:
         self.config = config
         self.key = key
@@ -131,6 +147,7 @@ class Relay:
         self.clock = clock
         self.first_contact = first_contact
         self.turn = turn
+        self.prekeys = prekeys  # one-time prekey store (profile prekeys/1.0); None: not offered
         if turn is not None and hasattr(turn, "__self__") and hasattr(turn.__self__, "notify"):
             turn.__self__.notify = self._notify  # usage records and warnings reach the device
         self.verifier = Verifier(self.resolver.cached)
@@ -153,6 +170,17 @@ class Relay:
         self.ws_port: int | None = None
         self.quic_port: int | None = None
         self.stats: dict[str, int] = {"received": 0, "routed": 0, "stored": 0, "refused": 0}
+        # --- federation hook (1/6): relay-to-relay links, outboxes, peer-relay admission ---
+        self.federation = Federation(
+            key,
+            self.did,
+            store,
+            self.resolver,
+            federation or FederationSettings(),
+            on_error=self._federation_error,
+            retention_s=config.offline_retention_s,
+            clock=clock,
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -182,11 +210,13 @@ class Relay:
             self._servers.append(q)
             self.quic_port = q.port
         self._spawn(self._purge_loop())
+        await self.federation.start()  # federation hook (2/6): resume outboxes of a past run
         logger.info("relay %s listening: ws=%s quic=%s", self.did, self.ws_port, self.quic_port)
 
     async def stop(self) -> None:
         """Graceful shutdown: stop listening, close connections (1001), close the store."""
         self._closing = True
+        await self.federation.stop()  # federation hook (2/6): links stop before the store
         for server in self._servers:
             await server.close()
         for peer in list(self._peers):
@@ -284,7 +314,7 @@ class Relay:
 
     async def _requeue_unsent(self, peer: _Peer) -> None:
         """Frames still queued for a departed device go to its store-and-forward queue."""
-        if peer.device is None:
+        if peer.device is None or peer.relay is not None:  # a peer relay resends by itself
             return
         while peer.out:
             frame = peer.out.popleft()
@@ -293,7 +323,18 @@ class Relay:
     async def _on_frame(self, peer: _Peer, frame: str | bytes) -> None:
         now = self.clock()
         self.stats["received"] += 1
-        if not self._rl_ip.allow(peer.conn.remote_ip, now):
+        # --- federation hook (3/6): a bound peer relay has a bucket per origin, not per IP ---
+        if peer.relay is not None and not self.federation.admit(peer.relay, now):
+            await self._error(
+                peer,
+                frame,
+                "transport.rate-limited",
+                "per-origin rate limit",
+                retry_after=self.federation.retry_after(peer.relay),
+            )
+            return
+        # --- end federation hook (3/6) ---
+        if peer.relay is None and not self._rl_ip.allow(peer.conn.remote_ip, now):
             await self._error(
                 peer,
                 frame,
@@ -306,9 +347,19 @@ class Relay:
             signed = self._decode(peer, frame)
             await self._prefetch(signed)
             v = self.verifier.verify_signed(
-                signed, now=int(now), hello_verified=peer.device is not None
+                signed,
+                now=int(now),
+                hello_verified=peer.device is not None,
+                record=peer.relay is None,  # peer-relay frames: recorded on custody only
             )
         except DsipError as exc:
+            # --- federation hook (4/6): a duplicate from a peer relay is already ours ---
+            if peer.relay is not None and exc.code == "duplicate-id":
+                env_id = envelope_id_of(frame)
+                if env_id is not None:
+                    self._custody_ack(peer, env_id)
+                    return
+            # --- end federation hook (4/6) ---
             self.stats["refused"] += 1
             reason = exc.reason
             if peer.device is None and exc.code != "hello-required":
@@ -316,10 +367,19 @@ class Relay:
             logger.info("refused envelope from %s: %s", peer.conn.remote, exc)
             await self._error(peer, frame, reason, exc.code)
             return
+        # --- federation hook (5/6): peer relays (and relay hellos) take their own path ---
+        if peer.relay is not None or (
+            v.type == "hello" and FEDERATION_EXTENSION in extensions_of(v.payload)
+        ):
+            await self._from_peer_relay(peer, v, now)
+            return
+        # --- end federation hook (5/6) ---
         if v.type == "hello":
             await self._bind(peer, v)
         elif v.type == "ack":
             await self._on_ack(peer, v)
+        elif v.type in ("prekey-bundle", "prekey-claim"):
+            await self._on_prekeys(peer, v)
         elif v.type == "push-subscription":
             if v.signer == peer.device and peer.device and peer.identity:
                 self.push_subscriptions[peer.device] = (peer.identity, dict(v.payload))
@@ -393,6 +453,73 @@ class Relay:
             wires = self._attempts.get(em.id or "")
             if wires is not None:
                 await self._deliver(peer, wires.invite)
+
+    async def _on_prekeys(self, peer: _Peer, v: Verified) -> None:
+        """prekeys/1.0: a bound device publishes its signed bundle; anyone bound may claim the
+        bundles of a DID's devices, each with a one-time prekey handed out at most once."""
+        if self.prekeys is None:
+            await self._error(
+                peer,
+                v.wire,
+                "transport.routing-refused",
+                "no prekey service here",
+                in_reply_to=v.id,
+            )
+            return
+        store, now = self.prekeys, int(self.clock())
+        if v.type == "prekey-bundle":
+            if v.signer != peer.device:
+                await self._error(
+                    peer,
+                    v.wire,
+                    "transport.routing-refused",
+                    "not the bound device",
+                    in_reply_to=v.id,
+                )
+                return
+            try:
+                bundle = verify_prekey_bundle(
+                    v.wire,
+                    now=now,
+                    documents=self.resolver.cached,
+                    delegations=list(v.header.get("delegations", ()) or ()),
+                )
+                await asyncio.to_thread(store.publish, bundle, now=now)
+            except DsipError as exc:
+                await self._error(peer, v.wire, exc.reason, exc.code, in_reply_to=v.id)
+                return
+            receipt = make_payload(  # an empty prekey-claimed in reply: the bundle is stored
+                "prekey-claimed",
+                sender=self.did,
+                now=now,
+                profiles=[],
+                to=v.signer,
+                in_reply_to=v.id,
+                bundles=[],
+            )
+            self._enqueue(peer, encode_frame(sign_envelope(receipt, self.key)))
+            return
+        target = str(v.payload["target"])
+        claimed = await asyncio.to_thread(store.claim_identity, target, now=now)
+        if not claimed:
+            one = await asyncio.to_thread(store.claim, target, now=now)
+            claimed = [one] if one is not None else []
+        bundles = []
+        for c in claimed:
+            item: dict[str, Any] = {"device": c.device, "frame": c.frame}
+            if c.one_time_prekey_id is not None:
+                item["one_time_prekey_id"] = c.one_time_prekey_id
+            bundles.append(item)
+        payload = make_payload(
+            "prekey-claimed",
+            sender=self.did,
+            now=now,
+            profiles=[],
+            to=v.signer,
+            in_reply_to=v.id,
+            bundles=bundles,
+        )
+        self._enqueue(peer, encode_frame(sign_envelope(payload, self.key)))
 
     def _turn_capability(self, identity: str, v: Verified) -> dict[str, Any] | None:
         if self.turn is None:
@@ -531,9 +658,14 @@ class Relay:
                 await self._deliver(target, v.wire)
             self.stats["routed"] += 1
             return
-        if v.type == "introduction" or await self.store.is_known(
+        known = await self.store.is_known(
             to, now=int(now), retention_s=self.config.offline_retention_s
-        ):
+        )
+        # --- federation hook (6/6): a foreign recipient goes to its home relay's outbox ---
+        if not known and await self._federate(peer, v, to):
+            return
+        # --- end federation hook (6/6) ---
+        if v.type == "introduction" or known:
             try:
                 await self._store(to, v)
             except DsipError as exc:
@@ -734,6 +866,141 @@ class Relay:
                     expires_at=min(expires, now + self.config.offline_retention_s),
                     now=now,
                 )
+
+    # --- federation (hooks' bodies; design in dsip.services.federation) --------------------
+
+    async def _bind_relay(self, peer: _Peer, v: Verified) -> None:
+        """A ``federation/1.0`` hello binds a peer relay — only from a relay identity that
+        signs for itself (its did:web document has a ``DSIPRelay`` service)."""
+        if v.signer != v.identity or not await self.federation.is_relay(v.signer):
+            self.stats["refused"] += 1
+            await self._error(
+                peer,
+                v.wire,
+                "transport.hello-rejected",
+                f"{FEDERATION_EXTENSION} hello from a DID that is not a relay",
+                in_reply_to=v.id,
+            )
+            return
+        if peer.relay is None and peer.device is not None:
+            self._unbind(peer)  # a device connection turning into a peer link
+        peer.device = peer.identity = peer.relay = v.signer
+        peer.acks = False
+        offered = [FEDERATION_EXTENSION]
+        if COSE_EXTENSION in extensions_of(v.payload) and self._cose_available():
+            offered.append(COSE_EXTENSION)
+            peer.cose = True
+        self._enqueue(
+            peer,
+            relay_hello(
+                self.key,
+                relay_did=self.did,
+                in_reply_to=v.id,
+                now=int(self.clock()),
+                offline_retention_s=self.config.offline_retention_s,
+                rate_limit={
+                    "envelopes_per_minute": self.federation.settings.peer_envelopes_per_minute
+                },
+                extensions=offered,
+            ),
+        )
+        logger.info("peer relay %s bound on %s", v.signer, peer.conn.remote)
+
+    async def _from_peer_relay(self, peer: _Peer, v: Verified, now: float) -> None:
+        """What a peer relay hands over is delivered here or refused, never forwarded again
+        (loop prevention); custody taken is acknowledged with a signed ``ack``."""
+        if v.type == "hello":
+            await self._bind_relay(peer, v)
+            return
+        if v.type in ("ack", "push-subscription"):
+            return  # transport messages of the peer itself: nothing to route
+        assert peer.relay is not None
+        to = v.payload.get("to")
+        if not isinstance(to, str):
+            await self._error(
+                peer, v.wire, "transport.routing-refused", "no recipient", in_reply_to=v.id
+            )
+            return
+        if self.first_contact is not None:
+            refusal = self.first_contact(v)
+            if refusal:
+                await self._error(peer, v.wire, refusal, "first-contact policy", in_reply_to=v.id)
+                return
+        targets = self._targets(to, exclude=_NOBODY)
+        if targets and not self._wire_ok(targets, v.wire):
+            await self._refuse_wire(peer, v)
+            return
+        try:
+            if targets:
+                for target in targets:
+                    await self._deliver(target, v.wire)
+                self.stats["routed"] += 1
+            elif await self.store.is_known(
+                to, now=int(now), retention_s=self.config.offline_retention_s
+            ) or (v.type == "introduction" and await self.federation.serves(to)):
+                await self._store(to, v)
+            else:
+                self.federation.stats["peer_refused"] += 1
+                await self._error(
+                    peer,
+                    v.wire,
+                    "transport.unknown-recipient",
+                    f"{to} is not served here",
+                    in_reply_to=v.id,
+                )
+                return
+        except DsipError as exc:
+            self.federation.stats["peer_refused"] += 1
+            await self._error(peer, v.wire, exc.reason, exc.code, in_reply_to=v.id)
+            return
+        record_custody(self.verifier, v)
+        self._custody_ack(peer, v.id)
+
+    def _custody_ack(self, peer: _Peer, envelope_id: str) -> None:
+        assert peer.relay is not None
+        try:
+            self._enqueue(peer, self.federation.custody_ack(peer.relay, [envelope_id]))
+        except asyncio.QueueFull:  # the peer resends; its duplicate is acknowledged then
+            self._spawn(peer.conn.close(CLOSE_POLICY, "send queue full"))
+
+    async def _federate(self, peer: _Peer, v: Verified, to: str) -> bool:
+        """``to`` is neither bound nor known here: when its DID document names another
+        relay, the envelope goes to that relay's outbox. ``False``: local rules apply."""
+        if not self.federation.enabled or peer.device is None:
+            return False
+        uri = await self.federation.home_relay(to)
+        if uri is None or self.federation.is_local(uri):
+            return False
+        try:
+            await self.federation.forward(
+                uri,
+                v.wire,
+                v.id,
+                expires_at=int(v.payload["expires_at"]),
+                sender=peer.device,
+                identity=v.identity,
+            )
+        except DsipError as exc:
+            await self._error(peer, v.wire, exc.reason, exc.code, in_reply_to=v.id)
+            return True
+        self.stats["routed"] += 1
+        return True
+
+    async def _federation_error(self, device: str, identity: str, far: Mapping[str, Any]) -> None:
+        """A far relay refused an envelope we forwarded: the sender hears it, signed by us."""
+        to = device if device in self.devices else identity
+        fields: dict[str, Any] = {
+            "to": to,
+            "reason": str(far.get("reason", "transport.routing-refused")),
+            "detail": f"{far.get('from', 'far relay')}: {far.get('detail', '')}"[:200],
+        }
+        for key in ("in_reply_to", "session", "retry_after"):
+            if key in far:
+                fields[key] = far[key]
+        payload = make_payload(
+            "error", sender=self.did, now=int(self.clock()), profiles=[], **fields
+        )
+        await self._to_device_or_identity(to, encode_frame(sign_envelope(payload, self.key)))
 
     # --- errors ---------------------------------------------------------------------------
 
