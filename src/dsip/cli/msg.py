@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -95,43 +97,42 @@ def _open(args: argparse.Namespace) -> tuple[Messenger, str | None]:
     return Messenger(key, store), relay
 
 
-async def _agent(args: argparse.Namespace) -> MessagingAgent:
+@contextlib.asynccontextmanager
+async def _agent(args: argparse.Namespace) -> AsyncIterator[MessagingAgent]:
+    """A bound messaging agent; the connection and the store are closed on the way out."""
     messenger, relay = _open(args)
-    if relay is None:
-        raise WalletError(
-            f"{args.identity} advertises no ws endpoint: pass --relay URI", code="no-relay"
-        )
-    client = SignalingClient(messenger.device)
-    await client.connect(relay, cafile=str(args.ca) if args.ca else None)
-    return MessagingAgent(client, messenger)
+    try:
+        if relay is None:
+            raise WalletError(
+                f"{args.identity} advertises no ws endpoint: pass --relay URI", code="no-relay"
+            )
+        client = SignalingClient(messenger.device)
+        await client.connect(relay, cafile=str(args.ca) if args.ca else None)
+        try:
+            yield MessagingAgent(client, messenger)
+        finally:
+            await client.close()
+    finally:
+        messenger.store.close()
 
 
 async def _publish(args: argparse.Namespace) -> int:
-    agent = await _agent(args)
-    try:
+    async with _agent(args) as agent:
         await agent.publish_prekeys(target=args.one_time)
         print("published", agent.messenger.device.did, f"one_time={args.one_time}", flush=True)
-    finally:
-        await agent.client.close()
-        agent.messenger.store.close()
     return 0
 
 
 async def _send(args: argparse.Namespace) -> int:
-    agent = await _agent(args)
-    try:
+    async with _agent(args) as agent:
         sent = await agent.send_text(args.did, args.text)
         print("sent", sent.id, f"devices={len(sent.outbound)}", flush=True)
-    finally:
-        await agent.client.close()
-        agent.messenger.store.close()
     return 0
 
 
 async def _inbox(args: argparse.Namespace) -> int:
-    agent = await _agent(args)
     got = 0
-    try:
+    async with _agent(args) as agent:
         while args.count <= 0 or got < args.count:
             try:
                 r = await agent.receive(timeout=args.wait)
@@ -140,9 +141,6 @@ async def _inbox(args: argparse.Namespace) -> int:
             got += 1
             body = r.message.get("body", "")
             print("received", r.sender_identity, r.message["type"], json.dumps(body), flush=True)
-    finally:
-        await agent.client.close()
-        agent.messenger.store.close()
     return 0 if args.count <= 0 or got >= args.count else 1
 
 
