@@ -39,7 +39,7 @@ from dsip.services.localca import LocalCA
 from dsip.transport.base import ConnectionClosed
 from tests.services.fedfix import Identity, User, free_port, introduction, publish_user
 
-pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 class FederatedRelay:
@@ -296,7 +296,7 @@ async def test_kill9_of_a_federated_relay_mid_run_loses_nothing_and_shows_nothin
             return all(set(a.seen) >= expected[n] for n, a in agents.items())
 
         try:
-            await _until(all_delivered, 45, "every message delivered")
+            await _until(all_delivered, 90, "every message delivered")
         finally:
             for name, agent in agents.items():
                 missing = expected[name] - set(agent.seen)
