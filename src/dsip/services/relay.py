@@ -488,28 +488,19 @@ class Relay:
             except DsipError as exc:
                 await self._error(peer, v.wire, exc.reason, exc.code, in_reply_to=v.id)
                 return
-            receipt = make_payload(  # an empty prekey-claimed in reply: the bundle is stored
-                "prekey-claimed",
-                sender=self.did,
-                now=now,
-                profiles=[],
-                to=v.signer,
-                in_reply_to=v.id,
-                bundles=[],
-            )
-            self._enqueue(peer, encode_frame(sign_envelope(receipt, self.key)))
-            return
-        target = str(v.payload["target"])
-        claimed = await asyncio.to_thread(store.claim_identity, target, now=now)
-        if not claimed:
-            one = await asyncio.to_thread(store.claim, target, now=now)
-            claimed = [one] if one is not None else []
-        bundles = []
-        for c in claimed:
-            item: dict[str, Any] = {"device": c.device, "frame": c.frame}
-            if c.one_time_prekey_id is not None:
-                item["one_time_prekey_id"] = c.one_time_prekey_id
-            bundles.append(item)
+            bundles: list[dict[str, Any]] = []  # an empty prekey-claimed: the publish receipt
+        else:
+            target = str(v.payload["target"])
+            claimed = await asyncio.to_thread(store.claim_identity, target, now=now)
+            if not claimed:
+                one = await asyncio.to_thread(store.claim, target, now=now)
+                claimed = [one] if one is not None else []
+            bundles = []
+            for c in claimed:
+                item: dict[str, Any] = {"device": c.device, "frame": c.frame}
+                if c.one_time_prekey_id is not None:
+                    item["one_time_prekey_id"] = c.one_time_prekey_id
+                bundles.append(item)
         payload = make_payload(
             "prekey-claimed",
             sender=self.did,
