@@ -35,14 +35,7 @@ from dsip.core.identity import KeyPair, did_web_document
 from dsip.services.didweb_host import DidWebHost
 from dsip.services.federation import relay_document
 from dsip.services.localca import LocalCA
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from dsip.services.ports import free_port
 
 
 def _identity(host: DidWebHost, *path: str, seed: bytes | None = None) -> KeyPair:
@@ -60,7 +53,7 @@ def _start_relay(
     (d / "seed").write_bytes(seed)
     (d / "seed").chmod(0o600)
     key = _identity(host, "relays", name, seed=seed)
-    uri = f"wss://localhost:{_free_port()}/dsip"
+    uri = f"wss://localhost:{free_port()}/dsip"
     host.publish(key.did, relay_document(key.did, key, uri))
     (d / "relay.toml").write_text(
         "[relay]\nenvelopes_per_minute = 1000000\ninvites_per_minute = 1000000\n"

@@ -14,7 +14,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from dsip.services.ports import free_port
 
 PG_START_TIMEOUT_S = 20
 PG_DB = "dsip_test"
@@ -38,12 +39,6 @@ def _pg_bindir() -> Path | None:
         return candidates[-1].parent
     found = shutil.which("initdb")
     return Path(found).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run_as() -> dict[str, Any]:
@@ -102,7 +97,7 @@ def postgres_url() -> Iterator[str]:
                 "--no-sync",
                 timeout=60,
             )
-            port = _free_port()
+            port = free_port()
             options = f"-c listen_addresses=127.0.0.1 -p {port} -k {base}"
             run(
                 str(bindir / "pg_ctl"),

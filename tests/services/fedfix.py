@@ -1,9 +1,8 @@
 """Shared pieces of the federation tests: did:web identities for relays and users on one
-``DidWebHost``, free loopback ports, and a client that knows its relay's document."""
+``DidWebHost``, and a client that knows its relay's document."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -15,12 +14,6 @@ from dsip.core.envelope import Verified, Verifier, make_payload
 from dsip.core.identity import KeyPair, did_web_document
 from dsip.services.didweb_host import DidWebHost
 from dsip.services.federation import relay_document
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

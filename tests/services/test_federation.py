@@ -34,13 +34,13 @@ from dsip.services.federation import (
     outbox_key,
 )
 from dsip.services.localca import LocalCA
+from dsip.services.ports import free_port
 from dsip.services.relay import Relay
 from dsip.storage import open_store
 from dsip.transport.ws import connect_ws
 from tests.services.fedfix import (
     Identity,
     User,
-    free_port,
     introduction,
     publish_relay,
     publish_user,
@@ -445,7 +445,7 @@ async def test_federation_over_quic(world: World) -> None:
     """B also listens on quic/1.0 and bob's document names that endpoint first: A's link to
     B is a QUIC connection; the way back to alice is wss."""
     b = world["b"]
-    b.quic_port = free_port()
+    b.quic_port = free_port(udp=True)
     bob = world.users["bob"]
     await world.up()
     publish_user(world.host, bob.me, b.quic_uri)

@@ -36,8 +36,9 @@ from dsip.errors import DsipError
 from dsip.services.didweb_host import DidWebHost
 from dsip.services.federation import OUTBOX_PREFIX, outbox_key, relay_document
 from dsip.services.localca import LocalCA
+from dsip.services.ports import free_port
 from dsip.transport.base import ConnectionClosed
-from tests.services.fedfix import Identity, User, free_port, introduction, publish_user
+from tests.services.fedfix import Identity, User, introduction, publish_user
 
 pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(240)]
 

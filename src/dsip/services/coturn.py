@@ -16,13 +16,13 @@ import hmac
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dsip.errors import ConfigError
+from dsip.services.ports import free_port
 
 __all__ = ["Coturn", "CoturnCli", "TurnCredentials", "TurnSession", "turn_rest_credentials"]
 
@@ -53,18 +53,6 @@ def turn_rest_credentials(
     return TurnCredentials(uris, username, base64.b64encode(digest).decode("ascii"), expires)
 
 
-def _free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Coturn:
     """A ``turnserver`` process on 127.0.0.1 with ``use-auth-secret``."""
 
@@ -78,10 +66,10 @@ class Coturn:
     ) -> None:
         self.workdir = workdir
         self.secret = secret or os.urandom(32)
-        self.port = port or _free_udp_port()
+        self.port = port or free_port(udp=True)
         self.realm = realm
         self.proc: subprocess.Popen[bytes] | None = None
-        self.cli_port = _free_tcp_port()
+        self.cli_port = free_port()
         self.cli_password = os.urandom(12).hex()
 
     def cli(self) -> CoturnCli:

@@ -44,7 +44,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -58,6 +57,7 @@ from typing import Any, TypeVar
 import httpx
 
 from dsip.errors import ConfigError, DsipError
+from dsip.services.ports import free_port
 
 __all__ = [
     "VIDEOROOM",
@@ -98,12 +98,6 @@ class JanusError(DsipError):
 
 def _tx() -> str:
     return secrets.token_hex(8)
-
-
-def _free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _die_with_parent() -> None:
@@ -329,8 +323,8 @@ class Janus:
         self.network = network
         self.ice_address = network.address if network is not None else str(ice_address)
         # A fresh namespace has every port free; on the host we look for free ones.
-        self.http_port = http_port or (8088 if network else _free_tcp_port())
-        self.admin_port = admin_port or (7088 if network else _free_tcp_port())
+        self.http_port = http_port or (8088 if network else free_port())
+        self.admin_port = admin_port or (7088 if network else free_port())
         self.rtp_ports = rtp_ports
         self.admin_secret = admin_secret or secrets.token_urlsafe(24)
         self.room_admin_key = room_admin_key or secrets.token_urlsafe(24)
