@@ -332,21 +332,16 @@ async def _relay_flows(
             await caller.close()
 
             console.print("\n[bold]9. End-to-end encrypted messages[/bold] (X3DH + Double Ratchet)")
-            a_msg = MessagingAgent(
-                SignalingClient(alice, resolver=resolver),
-                Messenger(
-                    alice,
-                    SessionStore.open(tmp / "alice-msg.db", key=os.urandom(32)),
-                    documents=resolver.cached,
-                ),
-            )
-            b_msg = MessagingAgent(
-                SignalingClient(bob, resolver=resolver),
-                Messenger(
-                    bob,
-                    SessionStore.open(tmp / "bob-msg.db", key=os.urandom(32)),
-                    documents=resolver.cached,
-                ),
+            a_msg, b_msg = (
+                MessagingAgent(
+                    SignalingClient(key, resolver=resolver),
+                    Messenger(
+                        key,
+                        SessionStore.open(tmp / f"{name}-msg.db", key=os.urandom(32)),
+                        documents=resolver.cached,
+                    ),
+                )
+                for name, key in (("alice", alice), ("bob", bob))
             )
             for agent in (a_msg, b_msg):
                 await agent.client.connect(uri, ssl_context=ca.client_context())
