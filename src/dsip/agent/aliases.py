@@ -109,6 +109,7 @@ import dns.rrset
 import httpx
 import idna
 
+from dsip.agent.fetchcache import FetchCache
 from dsip.agent.resolver import MAX_REDIRECTS, _max_age, _ssl_context
 from dsip.core.identity import is_did
 from dsip.core.jsonwire import loads_strict
@@ -424,15 +425,11 @@ def decide(
 # --- the resolver (I/O edge) ---------------------------------------------------------------
 
 
-def _copy(err: ResolutionError) -> ResolutionError:
-    return ResolutionError(err.message, code=err.code, reason=err.reason, remote=err.remote)
-
-
 class _Bogus(Exception):
     """Internal: the DNSSEC chain does not hold (becomes ``dnssec: "bogus"``)."""
 
 
-class AliasResolver:
+class AliasResolver(FetchCache[AliasResult]):
     """Resolve aliases to DIDs over WebFinger and DNS; see the module docstring for policy.
 
     ``webfinger_endpoints`` maps a domain to the ``https://host[:port][/prefix]`` that
@@ -475,10 +472,14 @@ class AliasResolver:
         self._methods: tuple[AliasMethod, ...] = tuple(methods)
         self._cross_check = cross_check
         self._prefer_wf = prefer_webfinger_over_insecure_dns
-        self._client = client
-        self._owns_client = client is None
-        self._verify = _ssl_context(verify)
-        self._timeout = timeout
+        super().__init__(
+            client=client,
+            verify=_ssl_context(verify),
+            timeout=timeout,
+            negative_ttl=negative_ttl,
+            clock=clock,
+            max_entries=max_entries,
+        )
         self._max_bytes = max_jrd_bytes
         self._wf_endpoints: dict[str, httpx.URL] = {}
         for domain, base in (webfinger_endpoints or {}).items():
@@ -498,13 +499,7 @@ class AliasResolver:
         self._default_ttl = default_ttl
         self._min_ttl = min_ttl
         self._max_ttl = max_ttl
-        self._negative_ttl = negative_ttl
-        self._clock = clock
-        self._max_entries = max_entries
-        self._cache: dict[str, tuple[AliasResult, float]] = {}
-        self._negative: dict[str, tuple[ResolutionError, float]] = {}
         self._keys: dict[dns.name.Name, tuple[dns.rrset.RRset, float]] = {}
-        self._inflight: dict[str, asyncio.Task[AliasResult]] = {}
 
     # --- public API -----------------------------------------------------------------------
 
@@ -512,55 +507,16 @@ class AliasResolver:
         """Resolve ``alias`` to a DID (cached); raises ``ResolutionError`` on any failure."""
         parsed = normalize_alias(alias)
         key = parsed.acct
-        now = self._clock()
-        hit = self._cache.get(key)
-        if hit is not None and now < hit[1]:
-            return replace(hit[0], cached=True)
-        miss = self._negative.get(key)
-        if miss is not None and now < miss[1]:
-            raise _copy(miss[0])
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(
-                self._resolve(parsed), name=f"dsip-alias {key}"
-            )
-            task.add_done_callback(self._done(key))
-            self._inflight[key] = task
-        return await asyncio.shield(task)
+        hit = self._fresh(key)
+        if hit is not None:
+            return replace(hit, cached=True)
+        return await self._single_flight(key, lambda: self._resolve(parsed), f"dsip-alias {key}")
 
     def invalidate(self, alias: str) -> None:
         """Forget what is cached for ``alias`` (e.g. after its DID document disowned it)."""
-        key = normalize_alias(alias).acct
-        self._cache.pop(key, None)
-        self._negative.pop(key, None)
-
-    async def aclose(self) -> None:
-        tasks = list(self._inflight.values())
-        self._inflight.clear()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    async def __aenter__(self) -> AliasResolver:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        self._forget(normalize_alias(alias).acct)
 
     # --- orchestration --------------------------------------------------------------------
-
-    def _done(self, key: str) -> Callable[[asyncio.Task[AliasResult]], None]:
-        def done(task: asyncio.Task[AliasResult]) -> None:
-            if self._inflight.get(key) is task:
-                del self._inflight[key]
-            if not task.cancelled():
-                task.exception()
-
-        return done
 
     async def _resolve(self, alias: Alias) -> AliasResult:
         try:
@@ -581,22 +537,11 @@ class AliasResolver:
             )
         except ResolutionError as err:
             logger.warning("alias %s not resolved: %s", alias, err)
-            self._remember_failure(alias.acct, err)
+            self._store_failure(alias.acct, err)
             raise
-        self._cache.pop(alias.acct, None)
-        self._cache[alias.acct] = (result, self._clock() + result.ttl)
-        while len(self._cache) > self._max_entries:
-            del self._cache[next(iter(self._cache))]
+        self._store(alias.acct, result, self._clock() + result.ttl)
         logger.info("alias %s -> %s via %s", alias, result.did, "+".join(result.answered_by))
         return result
-
-    def _remember_failure(self, key: str, err: ResolutionError) -> None:
-        if self._negative_ttl <= 0:
-            return
-        self._negative.pop(key, None)
-        self._negative[key] = (err, self._clock() + self._negative_ttl)
-        while len(self._negative) > self._max_entries:
-            del self._negative[next(iter(self._negative))]
 
     async def _path(self, method: AliasMethod, alias: Alias) -> AliasAnswer:
         """One path's answer; never raises (failures become ``error`` fields)."""
@@ -627,13 +572,6 @@ class AliasResolver:
         return base.copy_with(
             path=path, params={"resource": alias.acct, "rel": DSIP_DID_REL}, fragment=None
         )
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                verify=self._verify, timeout=httpx.Timeout(self._timeout), follow_redirects=False
-            )
-        return self._client
 
     async def _webfinger(self, alias: Alias) -> AliasAnswer:
         url = self._webfinger_url(alias)

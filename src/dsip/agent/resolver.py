@@ -58,6 +58,7 @@ from typing import Any
 
 import httpx
 
+from dsip.agent.fetchcache import FetchCache
 from dsip.core.b64 import b64url_decode
 from dsip.core.envelope import Signed
 from dsip.core.identity import (
@@ -77,11 +78,6 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _ACCEPT = "application/did+json, application/did+ld+json;q=0.9, application/json;q=0.8"
 
 logger = logging.getLogger("dsip.resolver")
-
-
-def _copy(err: ResolutionError) -> ResolutionError:
-    """A fresh exception per raise, so cached failures do not accumulate tracebacks."""
-    return ResolutionError(err.message, code=err.code, reason=err.reason, remote=err.remote)
 
 
 def _as_resolution_error(err: DsipError) -> ResolutionError:
@@ -122,7 +118,7 @@ def _max_age(cache_control: list[str]) -> int | None:
     return age
 
 
-class DidResolver:
+class DidResolver(FetchCache[DidDocument]):
     """Resolve DIDs to documents; see the module docstring for the policies."""
 
     def __init__(
@@ -144,21 +140,19 @@ class DidResolver:
             raise ValueError("need 0 <= min_ttl <= max_ttl")
         if timeout <= 0 or max_document_bytes <= 0 or max_entries <= 0:
             raise ValueError("timeout, max_document_bytes and max_entries must be positive")
-        self._client = client
-        self._owns_client = client is None
-        self._verify = _ssl_context(verify)
-        self._timeout = timeout
+        super().__init__(
+            client=client,
+            verify=_ssl_context(verify),
+            timeout=timeout,
+            negative_ttl=negative_ttl,
+            clock=clock,
+            max_entries=max_entries,
+        )
         self._max_bytes = max_document_bytes
         self._default_ttl = default_ttl
         self._min_ttl = min_ttl
         self._max_ttl = max_ttl
-        self._negative_ttl = negative_ttl
-        self._clock = clock
-        self._max_entries = max_entries
         self._pinned: dict[str, DidDocument] = {}
-        self._cache: dict[str, tuple[DidDocument, float]] = {}
-        self._negative: dict[str, tuple[ResolutionError, float]] = {}
-        self._inflight: dict[str, asyncio.Task[DidDocument]] = {}
         # Bumped by invalidate(): a fetch started before it must not repopulate the cache.
         self._generation: dict[str, int] = {}
         for did, doc in (documents or {}).items():
@@ -184,23 +178,13 @@ class DidResolver:
             url = did_web_to_url(did)
         except DsipError as exc:
             raise _as_resolution_error(exc) from None
-        now = self._clock()
-        hit = self._cache.get(did)
-        if hit is not None and now < hit[1]:
-            return hit[0]
-        miss = self._negative.get(did)
-        if miss is not None and now < miss[1]:
-            raise _copy(miss[0])
-        task = self._inflight.get(did)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(
-                self._fetch(did, url, self._generation.get(did, 0)),
-                name=f"dsip-resolve {did}",
-            )
-            task.add_done_callback(self._fetch_done(did))
-            self._inflight[did] = task
-        # shield: one caller giving up must not cancel the fetch the others wait for.
-        return await asyncio.shield(task)
+        hit = self._fresh(did)
+        if hit is not None:
+            return hit
+        generation = self._generation.get(did, 0)
+        return await self._single_flight(
+            did, lambda: self._fetch(did, url, generation), f"dsip-resolve {did}"
+        )
 
     def cached(self, did: str) -> DidDocument | None:
         """The document for ``did`` if known without I/O (pinned, did:key, fresh cache)."""
@@ -224,8 +208,7 @@ class DidResolver:
         except DsipError as exc:
             raise _as_resolution_error(exc) from None
         self._pinned[did] = parsed
-        self._cache.pop(did, None)
-        self._negative.pop(did, None)
+        self._forget(did)
 
     def invalidate(self, did: str) -> None:
         """Forget the cached (or negatively cached) document, e.g. after a key rotation.
@@ -234,8 +217,7 @@ class DidResolver:
         A fetch already in flight still completes for its waiters but is not cached, and
         the next :meth:`resolve` starts a new one.
         """
-        self._cache.pop(did, None)
-        self._negative.pop(did, None)
+        self._forget(did)
         self._inflight.pop(did, None)
         self._generation[did] = self._generation.get(did, 0) + 1
         logger.debug("invalidated cached document of %s", did)
@@ -257,24 +239,6 @@ class DidResolver:
                 with contextlib.suppress(DsipError):
                     await self.resolve(did)
 
-    async def aclose(self) -> None:
-        """Cancel fetches in flight and close the HTTP client if we created it."""
-        tasks = list(self._inflight.values())
-        self._inflight.clear()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    async def __aenter__(self) -> DidResolver:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     # --- internals ------------------------------------------------------------------------
 
     @staticmethod
@@ -291,44 +255,11 @@ class DidResolver:
         except DsipError as exc:
             raise _as_resolution_error(exc) from None
 
-    def _fetch_done(self, did: str) -> Callable[[asyncio.Task[DidDocument]], None]:
-        def done(task: asyncio.Task[DidDocument]) -> None:
-            if self._inflight.get(did) is task:
-                del self._inflight[did]
-            if not task.cancelled():
-                task.exception()  # retrieved: no "never retrieved" warning if nobody waited
-
-        return done
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                verify=self._verify,
-                timeout=httpx.Timeout(self._timeout),
-                follow_redirects=False,
-            )
-        return self._client
-
     def _ttl(self, response: httpx.Response) -> int:
         age = _max_age(response.headers.get_list("cache-control"))
         if age is None:
             return self._default_ttl
         return max(self._min_ttl, min(self._max_ttl, age))
-
-    def _store(self, did: str, doc: DidDocument, expires: float) -> None:
-        self._negative.pop(did, None)
-        self._cache.pop(did, None)
-        self._cache[did] = (doc, expires)
-        while len(self._cache) > self._max_entries:  # oldest insertion first
-            del self._cache[next(iter(self._cache))]
-
-    def _store_failure(self, did: str, err: ResolutionError) -> None:
-        if self._negative_ttl <= 0:
-            return
-        self._negative.pop(did, None)
-        self._negative[did] = (err, self._clock() + self._negative_ttl)
-        while len(self._negative) > self._max_entries:
-            del self._negative[next(iter(self._negative))]
 
     async def _fetch(self, did: str, url: str, generation: int) -> DidDocument:
         def current() -> bool:
