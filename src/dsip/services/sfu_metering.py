@@ -95,10 +95,12 @@ class MeteredRooms(JanusRooms):
                     m.warned = True
                     await self._record(m, now)
                 elif state is MeterState.CUT:
-                    del self.metered[token]
+                    # leaves ``metered`` only once revoked and recorded: no observer sees a
+                    # grant that is no longer metered but not yet cut
                     await self.revoke(token)
                     logger.info("cut SFU for %s after %d s", m.grant.did, m.meter.seconds)
                     await self._record(m, now)
+                    del self.metered[token]
 
     async def _record(self, m: _Metered, now: int) -> None:
         record = usage_record(m.meter, self.signer, now=now)
