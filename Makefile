@@ -6,12 +6,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml scripts/system-packages.txt 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit vectors bench install system-deps clean
+.PHONY: demo test lint typecheck unit vectors bench install system-deps js-deps clean
 
 demo: install
 	$(BIN)/dsip demo
 
-test: install system-deps
+test: install system-deps js-deps
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy --strict src
@@ -28,6 +28,14 @@ $(STAMP):
 
 system-deps:
 	@scripts/install-system-packages.sh scripts/system-packages.txt
+
+# js-libp2p node for the DHT interop tests (npm registry; exact versions from the lockfile)
+js-deps: interop/js/node_modules/.installed
+
+interop/js/node_modules/.installed: interop/js/package-lock.json
+	@command -v npm >/dev/null || scripts/install-system-packages.sh scripts/node-packages.txt
+	cd interop/js && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 lint: install
 	$(BIN)/ruff check src tests bench

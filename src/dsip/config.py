@@ -86,19 +86,25 @@ class RelayConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None}).validate()
 
 
-def load_relay_config(path: Path | None) -> RelayConfig:
-    """Read ``[relay]`` from a TOML file (or defaults when ``path`` is None)."""
-    if path is None:
-        return RelayConfig().validate()
+def read_toml_table(path: Path, table: str) -> dict[str, Any]:
+    """The ``[table]`` of the TOML file at ``path``; a ``ConfigError`` for anything amiss."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"configuration file {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    section = data.get("relay")
+    section = data.get(table)
     if not isinstance(section, dict):
-        raise ConfigError(f"{path} has no [relay] table")
+        raise ConfigError(f"{path} has no [{table}] table")
+    return section
+
+
+def load_relay_config(path: Path | None) -> RelayConfig:
+    """Read ``[relay]`` from a TOML file (or defaults when ``path`` is None)."""
+    if path is None:
+        return RelayConfig().validate()
+    section = read_toml_table(path, "relay")
     known = {f.name: f for f in fields(RelayConfig)}
     unknown = sorted(set(section) - set(known))
     if unknown:

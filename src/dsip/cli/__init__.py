@@ -17,7 +17,7 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dsip.cli import call, demo, envelope, msg, relay, resolver, vectors
+    from dsip.cli import call, demo, dht, envelope, msg, relay, resolver, vectors
 
     parser = argparse.ArgumentParser(
         prog="dsip",
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    modules = [call, msg, relay, resolver, vectors, envelope, demo]
+    modules = [call, msg, relay, dht, resolver, vectors, envelope, demo]
     try:
         from dsip.cli import id as id_cli
 

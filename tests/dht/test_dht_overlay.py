@@ -1,0 +1,159 @@
+"""Presence records and region buckets stored and found across in-process loopback swarms.
+
+All nodes run on the process's single trio thread (several libp2p hosts per process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import pytest
+
+from dsip.core.envelope import make_payload, sign_envelope
+from dsip.core.identity import KeyPair
+from dsip.core.jws import encode_frame
+from dsip.dht import DhtClient, PresencePublisher, RecordKey
+from tests.dht.dhtfix import frame, now, swarm
+
+pytestmark = [pytest.mark.network]
+
+
+async def _gather_limited(n: int, coros: list) -> list:  # type: ignore[type-arg]
+    sem = asyncio.Semaphore(n)
+
+    async def one(c):  # type: ignore[no-untyped-def]
+        async with sem:
+            return await c
+
+    return await asyncio.gather(*(one(c) for c in coros))
+
+
+@pytest.mark.timeout(60)
+async def test_put_get_round_trip_across_three_nodes() -> None:
+    async with swarm(3) as nodes:
+        alice = KeyPair.generate()
+        value = frame(alice)
+        key = RecordKey.presence(alice.did)
+        acks = await nodes[0].put(key, value)
+        assert acks == 2  # k = 20 > 3: every other node stores it
+        for reader in nodes[1:]:
+            assert value in await reader.get(key)
+            record = await reader.resolve(alice.did)
+            assert record is not None
+            assert record.subject == alice.did
+            assert record.endpoints == {"ws": ["wss://relay.example/dsip"]}
+            assert reader.node.raw_local(key) == value  # held by every node
+        assert await nodes[2].resolve(KeyPair.generate().did) is None
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.slow
+async def test_twenty_nodes_hundred_dids_each_resolved() -> None:
+    rng = random.Random(7)
+    async with swarm(20) as nodes:
+        keys = [KeyPair.generate() for _ in range(100)]
+        publishers = [rng.randrange(20) for _ in keys]
+        acks = await _gather_limited(
+            8,
+            [
+                nodes[p].put(RecordKey.presence(k.did), frame(k))
+                for k, p in zip(keys, publishers, strict=True)
+            ],
+        )
+        assert min(acks) >= 10  # replicated to (close to) k = 20 → all 19 others
+        readers = [(p + 1 + rng.randrange(19)) % 20 for p in publishers]
+        found = await _gather_limited(
+            8, [nodes[r].resolve(k.did) for k, r in zip(keys, readers, strict=True)]
+        )
+        missing = [k.did for k, rec in zip(keys, found, strict=True) if rec is None]
+        assert missing == []
+        assert [rec.subject for rec in found if rec] == [k.did for k in keys]
+
+
+@pytest.mark.timeout(120)
+async def test_region_bucket_holds_many_dids_and_each_is_found() -> None:
+    async with swarm(6) as nodes:
+        keys = [KeyPair.generate() for _ in range(40)]
+        cells = ["u4pruy", "u4prv1", "u4pr00", "u4przz"]
+
+        async def publish(i: int, k: KeyPair) -> None:
+            client = nodes[i % len(nodes)]
+            pub = PresencePublisher(
+                client,
+                lambda seq, t, k=k, i=i: frame(k, seq=seq, at=t, geohash=cells[i % 4]).decode(),
+                region_precisions=(4, 6),
+            )
+            report = await pub.publish()
+            assert report.stored >= 1
+            assert report.regions["u4pr"] >= 1
+
+        await _gather_limited(6, [publish(i, k) for i, k in enumerate(keys)])
+        reader = nodes[-1]
+        members = await reader.resolve_region("u4pr")
+        assert sorted(m.subject for m in members) == sorted(k.did for k in keys)
+        # every storing node merged all 40 (no publisher sent more than its own entry)
+        for node in nodes:
+            held = node.node.raw_local(RecordKey.region("u4pr"))
+            assert held is not None
+            assert len(json.loads(held)["entries"]) == 40
+        # a finer bucket only holds its own cell
+        fine = await reader.resolve_region("u4pruy")
+        assert sorted(m.subject for m in fine) == sorted(k.did for k in keys[0::4])
+        for k in keys:
+            record = await reader.resolve(k.did)
+            assert record is not None
+            assert record.geohash
+            assert record.geohash.startswith("u4pr")
+
+
+@pytest.mark.timeout(60)
+async def test_reachability_hint_round_trip() -> None:
+    async with swarm(3) as nodes:
+        bob = KeyPair.generate()
+        t = now()
+        payload = make_payload(
+            "reachability-hint",
+            sender=bob.did,
+            now=t,
+            ttl=600,
+            profiles=[],
+            subject=bob.did,
+            endpoints=[{"uri": "wss://relay.example/dsip", "bindings": ["ws/1.0"]}],
+            seq=t,
+        )
+        value = encode_frame(sign_envelope(payload, bob)).encode()
+        key = RecordKey.hint(bob.did)
+        assert await nodes[0].put(key, value) == 2
+        values = await nodes[2].get(key)
+        best = nodes[2].validator.best(key.validator_key, values, now=now())
+        assert best is not None
+        assert best.subject == bob.did
+
+
+@pytest.mark.timeout(60)
+async def test_provider_records_name_peers() -> None:
+    async with swarm(4) as nodes:
+        key = RecordKey.region("u4pr")
+        assert await nodes[1].provide(key)
+        providers = await nodes[3].get_providers(key)
+        assert nodes[1].peer_id in {p.peer_id for p in providers}
+        assert all(p.addrs for p in providers)
+
+
+@pytest.mark.timeout(60)
+async def test_client_mode_node_reads_and_writes_but_stores_nothing() -> None:
+    async with swarm(3) as nodes:
+        from dsip.dht import DhtNodeConfig
+
+        client = await DhtClient.start(DhtNodeConfig(server=False, bootstrap=(nodes[0].addrs[0],)))
+        try:
+            alice = KeyPair.generate()
+            key = RecordKey.presence(alice.did)
+            assert await client.put(key, frame(alice)) == 3
+            assert client.node.raw_local(key) is None
+            assert (await nodes[2].resolve(alice.did)) is not None
+            assert (await client.resolve(alice.did)) is not None
+        finally:
+            await client.close()
