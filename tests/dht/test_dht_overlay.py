@@ -11,10 +11,15 @@ import random
 
 import pytest
 
+from dsip.agent.aliases import AliasResolver
+from dsip.agent.lookup import Lookup
+from dsip.agent.resolver import DidResolver
 from dsip.core.envelope import make_payload, sign_envelope
 from dsip.core.identity import KeyPair
 from dsip.core.jws import encode_frame
-from dsip.dht import DhtClient, PresencePublisher, RecordKey
+from dsip.dht import DhtClient, LookupSource, PresencePublisher, RecordKey
+from dsip.services.localca import LocalCA
+from dsip.services.webfinger import WebFingerResponder, WebFingerServer
 from tests.dht.dhtfix import frame, now, swarm
 
 pytestmark = [pytest.mark.network]
@@ -50,7 +55,7 @@ async def test_put_get_round_trip_across_three_nodes() -> None:
 
 @pytest.mark.timeout(240)
 @pytest.mark.slow
-async def test_twenty_nodes_hundred_dids_each_resolved() -> None:
+async def test_twenty_nodes_hundred_dids_found_by_did_and_by_alias() -> None:
     rng = random.Random(7)
     async with swarm(20) as nodes:
         keys = [KeyPair.generate() for _ in range(100)]
@@ -70,6 +75,37 @@ async def test_twenty_nodes_hundred_dids_each_resolved() -> None:
         missing = [k.did for k, rec in zip(keys, found, strict=True) if rec is None]
         assert missing == []
         assert [rec.subject for rec in found if rec] == [k.did for k in keys]
+        # and by acct: alias, through the §5.2 lookup: WebFinger over HTTPS → DID → DHT
+        ca = LocalCA.create()
+        responder = WebFingerResponder(
+            {f"acct:user{i}@voice.test": k.did for i, k in enumerate(keys)}
+        )
+        async with (
+            WebFingerServer(responder, ssl_context=ca.server_context()) as wf,
+            AliasResolver(
+                verify=ca.client_context(),
+                webfinger_endpoints={"voice.test": f"https://localhost:{wf.port}"},
+                methods=("webfinger",),
+            ) as aliases,
+        ):
+
+            async def by_alias(alias: str) -> str:
+                return (await aliases.resolve(alias)).did
+
+            routes = await _gather_limited(
+                8,
+                [
+                    Lookup(DidResolver(), dht=LookupSource(nodes[r]), aliases=by_alias).locate(
+                        f"acct:user{i}@voice.test"
+                    )
+                    for i, r in enumerate(readers)
+                ],
+            )
+        assert [r.did for r in routes] == [k.did for k in keys]
+        assert all(r.path == "presence" for r in routes), [
+            r.explain() for r in routes if r.path != "presence"
+        ]
+        assert all(r.endpoints for r in routes)
 
 
 @pytest.mark.timeout(120)

@@ -36,7 +36,7 @@ Why region buckets are merged values, not provider records
 
 from __future__ import annotations
 
-from dsip.dht.bridge import DhtClient, TrioRuntime
+from dsip.dht.bridge import DhtClient, LookupSource, TrioRuntime
 from dsip.dht.node import (
     DhtClosedError,
     DhtError,
@@ -60,6 +60,7 @@ __all__ = [
     "DhtNodeConfig",
     "DhtTimeoutError",
     "DhtUnavailableError",
+    "LookupSource",
     "PresencePublisher",
     "Provider",
     "PublishReport",

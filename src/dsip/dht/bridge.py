@@ -51,7 +51,7 @@ from dsip.dht.node import (
 )
 from dsip.errors import DsipError
 
-__all__ = ["DhtClient", "TrioRuntime"]
+__all__ = ["DhtClient", "LookupSource", "TrioRuntime"]
 
 logger = logging.getLogger("dsip.dht")
 
@@ -414,3 +414,17 @@ class DhtClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+class LookupSource:
+    """``client`` as the DHT of :class:`dsip.agent.lookup.Lookup`.
+
+    The lookup asks by the 32-byte presence digest of seed §21.C and verifies and selects
+    the values itself; this maps the digest to the DHT's ``/dsip/`` record key.
+    """
+
+    def __init__(self, client: DhtClient) -> None:
+        self.client = client
+
+    async def get(self, key: bytes) -> list[bytes]:
+        return await self.client.get(RecordKey("presence", bytes(key)))
