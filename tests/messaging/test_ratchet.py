@@ -148,7 +148,8 @@ def test_signed_prekey_is_signed_by_the_did_key() -> None:
     assert ratchet.verify_signed_prekey(raw, spk.public, spk.signature)
     other = KeyPair.generate().public_key.public_bytes_raw()
     assert not ratchet.verify_signed_prekey(other, spk.public, spk.signature)
-    assert not ratchet.verify_signed_prekey(raw, spk.public, spk.signature[:-1] + b"\x00")
+    flipped = spk.signature[:-1] + bytes([spk.signature[-1] ^ 1])  # always a change
+    assert not ratchet.verify_signed_prekey(raw, spk.public, flipped)
 
 
 def test_bundle_of_another_key_is_refused() -> None:
