@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsip.errors import DsipError
+from dsip.cli import run
 
 if TYPE_CHECKING:  # libp2p costs ~0.7 s to import: only `dsip dht-node` pays it
     from dsip.dht.node import DhtNode, DhtNodeConfig
@@ -127,16 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     register(sub)
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args))
-    except DsipError as exc:
-        print(f"error: {exc.code} ({exc.reason}): {exc.message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run(parser.parse_args(list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":  # pragma: no cover
