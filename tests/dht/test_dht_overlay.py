@@ -53,7 +53,7 @@ async def test_put_get_round_trip_across_three_nodes() -> None:
         assert await nodes[2].resolve(KeyPair.generate().did) is None
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 @pytest.mark.slow
 async def test_twenty_nodes_hundred_dids_found_by_did_and_by_alias() -> None:
     rng = random.Random(7)
@@ -106,6 +106,26 @@ async def test_twenty_nodes_hundred_dids_found_by_did_and_by_alias() -> None:
             r.explain() for r in routes if r.path != "presence"
         ]
         assert all(r.endpoints for r in routes)
+        # the same 100 DIDs move into two cells (50 each), published concurrently from all
+        # 20 nodes: every member of a cell's region bucket is found from any node
+        cells = ["u4pruy", "sp3e9b"]
+        later = now() + 1
+
+        async def move(i: int, k: KeyPair) -> None:
+            cell = cells[i % 2]
+            pub = PresencePublisher(
+                nodes[publishers[i]],
+                lambda seq, t, k=k, cell=cell: frame(k, seq=seq, at=t, geohash=cell).decode(),
+                region_precisions=(4,),
+                clock=lambda: later,
+            )
+            await pub.publish()
+
+        await _gather_limited(8, [move(i, k) for i, k in enumerate(keys)])
+        for c, cell in enumerate(cells):
+            members = await nodes[rng.randrange(20)].resolve_region(cell[:4], now=later)
+            assert sorted(m.subject for m in members) == sorted(k.did for k in keys[c::2])
+            assert {m.geohash for m in members} == {cell}
 
 
 @pytest.mark.timeout(120)
@@ -142,6 +162,30 @@ async def test_region_bucket_holds_many_dids_and_each_is_found() -> None:
             assert record is not None
             assert record.geohash
             assert record.geohash.startswith("u4pr")
+
+
+@pytest.mark.timeout(120)
+async def test_region_read_takes_the_union_of_partial_buckets_and_repairs_them() -> None:
+    # PUTs that failed at some of the closest leave each node with a different subset
+    async with swarm(6) as nodes:
+        keys = [KeyPair.generate() for _ in range(12)]
+        key = RecordKey.region("u4pr")
+        records = nodes[0].validator
+        t = now()
+        frames = [frame(k, at=t, geohash="u4pruy") for k in keys]
+        for i, node in enumerate(nodes):
+            subset = frames[2 * i : 2 * i + 2]  # node i alone holds entries 2i and 2i+1
+            bucket = records.merge_region(key.validator_key, subset, now=t)
+            assert node.node.store_local(key, bucket)
+        # a quorum read (what a presence lookup does) stops early and sees only a subset
+        partial = await nodes[0].resolve_region("u4pr", now=t, quorum=3, repair=False)
+        assert len(partial) < len(keys)
+        members = await nodes[0].resolve_region("u4pr", now=t)
+        assert sorted(m.subject for m in members) == sorted(k.did for k in keys)
+        for node in nodes:  # read-repair wrote the union back to every storing node
+            held = node.node.raw_local(key)
+            assert held is not None
+            assert len(json.loads(held)["entries"]) == len(keys)
 
 
 @pytest.mark.timeout(60)

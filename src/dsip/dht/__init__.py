@@ -27,8 +27,10 @@ Why region buckets are merged values, not provider records
     (:meth:`~dsip.core.presence.RecordValidator.merge_region`): the ``dsipg`` selector
     accepts every valid incoming bucket and the storing node's value store *merges* it into
     what it holds (per DID, the §8.3 winner; expired entries dropped; at most 64 entries
-    and 64 KiB). A reader merges all values it got from the ``k`` closest nodes, so an
-    entry one node lost is still found on another. Nothing can be forged or altered — each
+    and 64 KiB). A reader asks *all* ``k`` closest nodes (a presence read stops at 3
+    copies; a set read cannot) and merges every value, so an entry one node missed — a PUT
+    that failed under load — is still found on another; when the nodes disagreed the reader
+    writes the union back (read-repair). Nothing can be forged or altered — each
     entry keeps its own DSIP signature — a storing node can only drop entries, which the
     next republish repairs. Provider records remain available (``provide`` /
     ``get_providers``) for peer-level announcements, e.g. "this node serves region u4pr".

@@ -342,12 +342,36 @@ class DhtClient:
         return self.node.records.best(key.validator_key, values, now=self._now(now))
 
     async def resolve_region(
-        self, geohash_prefix: str, *, now: int | None = None, timeout: float | None = None
+        self,
+        geohash_prefix: str,
+        *,
+        now: int | None = None,
+        quorum: int | None = 0,
+        repair: bool = True,
+        timeout: float | None = None,
     ) -> list[PresenceRecord]:
-        """Every valid entry of a region bucket, merged over all values found."""
+        """Every valid entry of a region bucket, merged over all values found.
+
+        A bucket is a set that storing nodes build by merging, and a PUT that failed at one
+        of the ``k`` closest leaves that node with a subset. So the read asks every one of
+        the ``k`` closest (``quorum=0``; a presence read can stop at 3 copies, a set read
+        cannot) and takes the union. With ``repair`` (default), when the peers disagreed
+        the merged bucket is written back to them — each entry is still a signed record the
+        storing nodes re-verify, so the repair adds nothing a node would not accept from
+        the publishers themselves.
+        """
         key = RecordKey.region(geohash_prefix)
-        values = await self.get(key, timeout=timeout)
-        return self.node.records.region_members(key.validator_key, values, now=self._now(now))
+        at = self._now(now)
+        values = await self.get(key, quorum=quorum, timeout=timeout)
+        records = self.node.records
+        members = records.region_members(key.validator_key, values, now=at)
+        if repair and len(values) > 1 and members:
+            merged = records.merge_region(key.validator_key, values, now=at)
+            try:
+                await self.put(key, merged, timeout=timeout)
+            except DhtError as exc:  # the read itself succeeded; repair is best effort
+                logger.info("region read-repair of %s failed: %s", geohash_prefix, exc)
+        return members
 
     async def provide(self, key: RecordKey | bytes | str, *, timeout: float | None = None) -> bool:
         """Announce this node as a provider for ``key``."""
