@@ -23,6 +23,9 @@ async def test_demo_runs_every_flow(tmp_path: Path) -> None:
     assert "alice sees: progress ringing, answered by user" in out
     assert "bob's side ends with user.hangup" in out
     assert "the relay deleted its copy (0 left)" in out
+    assert "presence:found" in out  # step 10: acct: alias → DID → DHT presence
+    assert "region bucket u4pr lists 1 signed entry" in out
+    assert "mallory's presence claiming carol's DID: signer-mismatch" in out
     # the wallet really is on disk, encrypted, and private
     ident = tmp_path / "wallet" / "identities" / "alice.json"
     assert ident.stat().st_mode & 0o777 == 0o600

@@ -30,6 +30,7 @@ from dsip.core.envelope import Verifier, make_payload, sign_envelope
 from dsip.core.examples import example_invite
 from dsip.core.identity import KeyPair
 from dsip.core.jws import encode_frame
+from dsip.demo_discovery import demo_discovery
 from dsip.errors import DsipError
 from dsip.services.didweb_host import DidWebHost
 from dsip.services.localca import LocalCA
@@ -198,6 +199,7 @@ async def run_foundation_demo(console: Console, workdir: Path | None = None) -> 
                     "signer-mismatch",
                 )
             await _relay_flows(console, ca, tmp, expect, alice, bob_key)
+            await demo_discovery(console, ca, tmp, expect)
     finally:
         if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -208,8 +210,8 @@ async def run_foundation_demo(console: Console, workdir: Path | None = None) -> 
     console.print(
         Panel(
             "[green]Every genuine message was accepted and every forgery was refused; the call "
-            "went through the relay, the offline message waited on disk, and messages stayed "
-            "end-to-end encrypted.[/green]\n"
+            "went through the relay, the offline message waited on disk, messages stayed "
+            "end-to-end encrypted, and carol was found through the DHT.[/green]\n"
             "Next: `make test` runs the whole suite; `dsip vectors run "
             "../shared/reference/dsip-v0.7/vectors` the conformance vectors."
         )
