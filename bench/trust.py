@@ -9,9 +9,13 @@ Prints one table:
   List check (the status list credential is verified too, and its 16 KiB list inflated);
 * ``TrustPolicy.decide`` /s on facts that run through every rule of a five-rule policy;
 * the proof-of-work cost at the default difficulty (mean seconds and hashes to solve;
-  verifying is one hash).
+  verifying is one hash);
+* a second table, per operation in milliseconds against the ``eddsa-jcs-2022`` VC verify of
+  the first (the reference): an SD-JWT VC presentation created (one claim of two
+  disclosed, key-bound) and verified; an AnonCreds "score ≥ 600" predicate proof created
+  and verified; a signed rating accepted by the reputation aggregator.
 
-Usage: ``python bench/trust.py [--n 2000] [--rounds 5] [--pow-samples 5]``.
+Usage: ``python bench/trust.py [--n 2000] [--rounds 5] [--pow-samples 5] [--zk 20]``.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="operations per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--pow-samples", type=int, default=5)
+    ap.add_argument("--zk", type=int, default=20, help="predicate proofs per round")
     args = ap.parse_args()
     n, rounds = args.n, args.rounds
 
@@ -145,12 +150,86 @@ def main() -> None:
     for name, value in r.items():
         note = "reference" if value is raw else f"{value / raw:.2f} of raw verify"
         print(f"{name:<36} {value:>10,.0f}  {note}")
+    print_private_proofs(args.zk, rounds, issuer, docs, 1000 / r["VC eddsa-jcs-2022"])
     seconds, hashes = measure_pow(DEFAULT_POW_DIFFICULTY, samples=args.pow_samples)
     print(
         f"\nproof of work, difficulty {DEFAULT_POW_DIFFICULTY} (expected 2^{DEFAULT_POW_DIFFICULTY}"
         f" = {2**DEFAULT_POW_DIFFICULTY:,} hashes): mean {seconds:.2f} s, {hashes:,.0f} hashes"
         f" over {args.pow_samples} solves; verifying costs one hash"
     )
+
+
+def print_private_proofs(
+    n: int, rounds: int, issuer: KeyPair, docs: StaticDocuments, reference_ms: float
+) -> None:
+    """Milliseconds per SD-JWT VC, AnonCreds predicate and rating operation."""
+    from dsip.core.trust.disclosure import issue_sd_jwt_vc, present_sd_jwt_vc, verify_sd_jwt_vc
+    from dsip.core.trust.predicates import (
+        ScoreHolder,
+        ScoreIssuer,
+        score_request,
+        verify_definition,
+        verify_score_proof,
+    )
+    from dsip.core.trust.reputation import ReputationAggregator, sign_rating
+
+    holder = KeyPair.generate()
+    role = {"id": holder.did, "role": "support", "organization": "Acme Bank"}
+    issued = issue_sd_jwt_vc(issuer, "RoleCredential", role, holder=holder, now=NOW)
+    audience, nonce = "did:web:callee.example", "n-1"
+
+    def present() -> str:
+        return present_sd_jwt_vc(
+            issued, ["role"], holder=holder, audience=audience, nonce=nonce, now=NOW
+        )
+
+    shown = present()
+    trusted = {"RoleCredential": [ISSUER]}
+
+    def verify_sd() -> object:
+        return verify_sd_jwt_vc(
+            shown, documents=docs, now=NOW, audience=audience, nonce=nonce, trusted_issuers=trusted
+        )
+
+    t0 = time.perf_counter()
+    zk_issuer = ScoreIssuer(issuer)
+    keygen_s = time.perf_counter() - t0
+    definition = verify_definition(zk_issuer.publish(now=NOW), documents=docs, trusted=[ISSUER])
+    zk_holder = ScoreHolder(holder.did)
+    offer = zk_issuer.offer()
+    req = zk_holder.request(offer, definition)
+    zk_holder.store(zk_issuer.issue(offer, req, subject=holder.did, score=812), definition)
+    request = score_request(600, nonce="1234567890", issuer_cred_def=definition.cred_def_id)
+    proof = zk_holder.prove(request, definition)
+
+    raters = [KeyPair.generate() for _ in range(n * (rounds + 1))]
+    ratings = iter([sign_rating(k, holder.did, session="s", stars=4, now=NOW) for k in raters])
+    agg = ReputationAggregator(ISSUER)
+
+    fns: dict[str, Callable[[], object]] = {
+        "SD-JWT VC present (1 of 2, key-bound)": present,
+        "SD-JWT VC verify": verify_sd,
+        "predicate proof create (score ≥ 600)": lambda: zk_holder.prove(request, definition),
+        "predicate proof verify": lambda: verify_score_proof(
+            proof, request, definition, subject=holder.did
+        ),
+        "rating accepted (verify + record)": lambda: agg.submit(next(ratings), now=NOW),
+    }
+    per_op: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            per_op[name].append((time.perf_counter() - t0) * 1000 / n)
+    print(f"\nprivate proofs: n={n} per round, median of {rounds} rounds\n")
+    print(f"{'operation':<40} {'ms/op':>9}  ratio")
+    print(f"{'-' * 40} {'-' * 9}  {'-' * 30}")
+    print(f"{'VC eddsa-jcs-2022 verify':<40} {reference_ms:>9.3f}  reference")
+    for name, values in per_op.items():
+        ms = statistics.median(values)
+        print(f"{name:<40} {ms:>9.3f}  {ms / reference_ms:,.1f}× the VC verify")
+    print(f"{'AnonCreds CL key generation (once)':<40} {keygen_s * 1000:>9.0f}  per issuer key")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from dsip.core.examples import example_invite
 from dsip.core.identity import KeyPair
 from dsip.core.jws import encode_frame
 from dsip.demo_discovery import demo_discovery
+from dsip.demo_trust import demo_trust
 from dsip.errors import DsipError
 from dsip.services.didweb_host import DidWebHost
 from dsip.services.localca import LocalCA
@@ -200,6 +201,7 @@ async def run_foundation_demo(console: Console, workdir: Path | None = None) -> 
                 )
             await _relay_flows(console, ca, tmp, expect, alice, bob_key)
             await demo_discovery(console, ca, tmp, expect)
+            await demo_trust(console, ca, tmp, expect)
     finally:
         if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)

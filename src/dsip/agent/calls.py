@@ -52,6 +52,7 @@ from dsip.core.session import (
     TimerStop,
     Ui,
 )
+from dsip.core.trust.policy import Decision
 from dsip.core.ulid import new_ulid
 from dsip.errors import DsipError
 from dsip.transport.base import ConnectionClosed
@@ -95,6 +96,8 @@ class Call:
         self.local_media: list[dict[str, Any]] = DEFAULT_AUDIO_OFFER
         self.local_transports: list[dict[str, Any]] = DEFAULT_TRANSPORTS
         self.pending_info: dict[str, Any] | None = None
+        self.local_identity: dict[str, Any] | None = None  # invite ``identity`` (RCID, name)
+        self.decision: Decision | None = None  # the trust policy's, when the agent screens
 
     @property
     def state(self) -> SessionState | None:
@@ -250,9 +253,15 @@ class CallAgent:
         timers: TimerConfig | None = None,
         policy: FirstContactPolicy | None = None,
         clock: Callable[[], float] = time.time,
+        screen: Callable[[Verified], Decision] | None = None,
     ) -> None:
         self.client = client
         self.clock = clock
+        # Trust policy (dsip.core.trust.policy.endpoint_screen): each offered invite is
+        # rung, kept silent, sent to voicemail or rejected by the rule that fires.
+        self.screen = screen
+        self.voicemail: list[Call] = []  # invites the policy stored for later
+        self._screening: list[str] = []
         self.engine = EndpointEngine(
             client.device.did, client.identity, timers=timers, policy=policy
         )
@@ -290,10 +299,13 @@ class CallAgent:
         *,
         media: Sequence[Mapping[str, Any]] | None = None,
         transports: Sequence[Mapping[str, Any]] | None = None,
+        identity: Mapping[str, Any] | None = None,
     ) -> Call:
-        """Place a call: sends the signed invite and returns the ``Call`` (INVITING)."""
+        """Place a call: sends the signed invite and returns the ``Call`` (INVITING).
+        ``identity``: the invite's v0.7 ``identity`` member (display name, RCID claims)."""
         session = new_ulid(int(self.clock() * 1000))
         call = Call(self, session, peer=to, role="initiator")
+        call.local_identity = dict(identity) if identity is not None else None
         call.local_media = [dict(m) for m in (media or DEFAULT_AUDIO_OFFER)]
         call.local_transports = [dict(t) for t in (transports or DEFAULT_TRANSPORTS)]
         self.calls[session] = call
@@ -329,6 +341,8 @@ class CallAgent:
                     self._prepare_incoming(v)
                 emissions = self.engine.receive(msg, now=int(self.clock()))
                 await self._apply(emissions, v)
+                if self._screening:
+                    await self._screen_offered(v)
 
     def _prepare_incoming(self, v: Verified) -> None:
         if v.id not in self.calls:
@@ -368,9 +382,48 @@ class CallAgent:
             elif isinstance(em, Drop):
                 logger.debug("dropped: %s", em)
 
+    async def _screen_offered(self, v: Verified) -> None:
+        """Act on the policy's decision for an invite that reached OFFERED: ``ring``
+        alerts (progress ringing) and hands the call to :meth:`incoming`; ``silent`` hands
+        it over without ringing; ``voicemail`` stores it in :attr:`voicemail` and rejects
+        with ``endpoint.unavailable`` (or the rule's reason); ``reject`` rejects with the
+        rule's reason. Every call gets a ``screened`` event naming the rule."""
+        assert self.screen is not None
+        while self._screening:
+            session = self._screening.pop(0)
+            call = self.calls[session]
+            decision = self.screen(v)
+            call.decision = decision
+            now = int(self.clock())
+            self._event(
+                session,
+                CallEvent(
+                    "screened",
+                    {"action": decision.action, "rule": decision.rule, "why": decision.explain()},
+                    v,
+                ),
+            )
+            if decision.action == "ring":
+                emissions = self.engine.alert(session, now=now)
+                self._incoming.put_nowait(call)
+            elif decision.action == "silent":
+                emissions = []
+                self._incoming.put_nowait(call)
+            elif decision.action == "voicemail":
+                self.voicemail.append(call)
+                reason = decision.reason or "endpoint.unavailable"
+                emissions = self.engine.auto_reject(session, reason, now=now)
+            else:
+                reason = decision.reason or "policy.trust-insufficient"
+                emissions = self.engine.auto_reject(session, reason, now=now)
+            await self._apply(emissions, None)
+
     def _surface(self, ui: Ui, msg: Verified | None) -> None:
         if ui.kind == "offered" and ui.session in self.calls:
-            self._incoming.put_nowait(self.calls[ui.session])
+            if self.screen is None:
+                self._incoming.put_nowait(self.calls[ui.session])
+            else:
+                self._screening.append(ui.session)
         if ui.kind == "update_offered" and msg is not None and ui.session in self.calls:
             self.calls[ui.session].offer = dict(msg.payload)
         if ui.kind == "answered" and msg is not None and ui.session in self.calls:
@@ -396,6 +449,8 @@ class CallAgent:
                 media=call.local_media if call else DEFAULT_AUDIO_OFFER,
                 transports=call.local_transports if call else DEFAULT_TRANSPORTS,
             )
+            if call is not None and call.local_identity is not None:
+                fields["identity"] = call.local_identity
         elif msg_type in ("answer", "update") and call is not None:
             fields.update(media=call.local_media, transports=call.local_transports)
             if msg_type == "answer" and "in_reply_to" not in fields:

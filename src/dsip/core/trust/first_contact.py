@@ -382,17 +382,21 @@ class FirstContactGate:
         now: int,
         credentials: Sequence[VerifiedCredential] = (),
         spend: bool = True,
+        proven_reputation: int | None = None,
     ) -> GateResult:
         """Try reputation, then work, then payment. ``identity`` is the verified introducer;
-        ``credentials`` its already-verified credentials (from :func:`rcid.verify_rcid`).
-        With ``spend`` false a receipt is checked but not consumed (a dry run)."""
+        ``credentials`` its already-verified credentials (from :func:`rcid.verify_rcid`);
+        ``proven_reputation`` the minimum a verified predicate proof established (the score
+        itself undisclosed). With ``spend`` false a receipt is checked but not consumed."""
         cfg = self.config
         proofs: set[str] = set()
         failures: list[tuple[str, str, str]] = []
         receipt = None
         if cfg.min_reputation is not None:
             score = reputation_of(credentials, cfg.reputation_issuers)
-            if score is None:
+            if proven_reputation is not None and proven_reputation >= cfg.min_reputation:
+                proofs.add("reputation")  # proven ≥ the threshold without the score
+            elif score is None:
                 failures.append(
                     ("reputation", "reputation-missing", "no trusted reputation credential")
                 )

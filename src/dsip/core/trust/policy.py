@@ -98,8 +98,10 @@ __all__ = [
     "SEED_REASONS",
     "CallerFacts",
     "Decision",
+    "PolicyRefusal",
     "Rule",
     "TrustPolicy",
+    "endpoint_screen",
     "gather_facts",
     "relay_first_contact_hook",
     "tier_of",
@@ -153,6 +155,7 @@ _NEEDS_TYPE: Final = {
     "roles": "RoleCredential",
     "organizations": "OrganizationCredential",
 }
+_MAX_DETAIL: Final = 512  # an error detail names the rule; a list's reasons stay short
 _DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -168,6 +171,7 @@ class CallerFacts:
     failed: tuple[CredentialCheck, ...] = ()  # presented but not verified
     gate: GateResult | None = None  # first-contact proofs (introductions)
     listings: tuple[Listing, ...] = ()  # community list hits
+    proven_reputation: int | None = None  # a verified "score ≥ X" proof (predicates)
 
     @property
     def method(self) -> str:
@@ -521,12 +525,20 @@ class TrustPolicy:
     def _reputation(self, key: str, want: int, f: CallerFacts) -> str | None:
         issuers = self.issuers.get("ReputationScore", frozenset())
         score = reputation_of(f.credentials, issuers)
+        proven = f.proven_reputation
         if key == "reputation_below":
+            if proven is not None and proven >= want:
+                return None  # proven at least the threshold, score undisclosed
             # No trusted score counts as below any threshold: fail towards caution.
             if score is None:
-                return f"no trusted reputation score (threshold {want})"
+                extra = f", only ≥ {proven} proven" if proven is not None else ""
+                return f"no trusted reputation score (threshold {want}{extra})"
             return f"reputation {score} < {want}" if score < want else None
-        return f"reputation {score} ≥ {want}" if score is not None and score >= want else None
+        if score is not None and score >= want:
+            return f"reputation {score} ≥ {want}"
+        if proven is not None and proven >= want:
+            return f"reputation proven ≥ {proven} without disclosing it"
+        return None
 
 
 # --- gathering facts -----------------------------------------------------------------------
@@ -555,9 +567,16 @@ def gather_facts(
         status_lists=status_lists,
     )
     message = str(payload.get("type"))
+    proven = _proven_reputation(payload, identity, policy, documents)
     result = None
     if gate is not None and message == "introduction" and not known_contact:
-        result = gate.evaluate(payload, identity, now=now, credentials=display.credentials)
+        result = gate.evaluate(
+            payload,
+            identity,
+            now=now,
+            credentials=display.credentials,
+            proven_reputation=proven,
+        )
     listings = lists.lookup(identity, policy.lists, now=now) if lists is not None else ()
     return CallerFacts(
         caller=identity,
@@ -568,7 +587,57 @@ def gather_facts(
         failed=tuple(c for c in display.checks if not c.verified),
         gate=result,
         listings=listings,
+        proven_reputation=proven,
     )
+
+
+def _proven_reputation(
+    payload: Mapping[str, Any],
+    identity: str,
+    policy: TrustPolicy,
+    documents: DocumentSource | None,
+) -> int | None:
+    """The minimum a ``reputation-proof`` claim proves (first such claim only), if it
+    verifies for this message, this recipient and a trusted ReputationScore issuer."""
+    trusted = policy.issuers.get("ReputationScore", frozenset())
+    info = payload.get("identity")
+    claims = info.get("claims") if isinstance(info, Mapping) else None
+    found = [
+        c
+        for c in (claims if isinstance(claims, list) else [])
+        if isinstance(c, Mapping) and c.get("type") == "reputation-proof"
+    ]
+    claim = found[0] if found else None
+    if claim is None or not trusted:
+        return None
+    from dsip.core.trust.predicates import verify_reputation_claim  # loads anoncreds
+
+    try:
+        proof = verify_reputation_claim(
+            claim,
+            message_id=str(payload.get("id")),
+            recipient=str(payload.get("to")),
+            subject=identity,
+            documents=documents,
+            trusted=trusted,
+        )
+    except DsipError as exc:
+        logger.info("reputation proof refused", extra={"did": identity, "code": exc.code})
+        return None
+    return proof.minimum
+
+
+class PolicyRefusal(str):
+    """A relay hook's refusal: the v0.7 reason token (what the hook contract returns), with
+    the explanation (rule id, seed token, why) as ``detail`` for the ``error`` the relay
+    sends back."""
+
+    detail: str
+
+    def __new__(cls, reason: str, detail: str) -> PolicyRefusal:
+        self = super().__new__(cls, reason)
+        self.detail = detail
+        return self
 
 
 def relay_first_contact_hook(
@@ -585,8 +654,8 @@ def relay_first_contact_hook(
 
     Invites and introductions are decided by ``policy`` (scope ``relay``); every other
     type passes. ``contacts(caller, to)`` tells whether a relationship exists (e.g. the
-    relay has seen a grant). A refusal returns the v0.7 reason token; the rule id and the
-    seed token are logged, since the hook's return value carries only the token.
+    relay has seen a grant). A refusal is a :class:`PolicyRefusal`: the v0.7 reason token,
+    with the explanation (which rule fired, its seed token, why) as ``detail``.
     """
     if policy.scope != "relay":
         raise ConfigError(f"{policy.name}: a relay hook needs a policy with scope = 'relay'")
@@ -622,6 +691,46 @@ def relay_first_contact_hook(
                 "explanation": decision.explain(),
             },
         )
-        return decision.reason
+        assert decision.reason is not None  # a reject rule always names one (load check)
+        return PolicyRefusal(decision.reason, decision.explain()[:_MAX_DETAIL])
 
     return hook
+
+
+def endpoint_screen(
+    policy: TrustPolicy,
+    *,
+    documents: DocumentSource | None = None,
+    status_lists: StatusListSource | None = None,
+    lists: CommunityLists | None = None,
+    ledger: ReceiptLedger | None = None,
+    contacts: Callable[[str], bool] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Callable[[Verified], Decision]:
+    """A :class:`~dsip.agent.calls.CallAgent` ``screen``: the user policy's decision
+    (ring / silent / voicemail / reject, and the rule that fired) for a verified invite.
+    ``contacts(caller)`` tells whether the caller is a known contact."""
+    if policy.scope != "user":
+        raise ConfigError(f"{policy.name}: an endpoint screen needs scope = 'user'")
+    gate = policy.gate(documents=documents, ledger=ledger)
+
+    def screen(v: Verified) -> Decision:
+        facts = gather_facts(
+            v.payload,
+            v.identity,
+            policy,
+            now=int(clock()),
+            documents=documents,
+            status_lists=status_lists,
+            lists=lists,
+            gate=gate,
+            known_contact=bool(contacts(v.identity)) if contacts is not None else False,
+        )
+        decision = policy.decide(facts)
+        logger.info(
+            "invite screened",
+            extra={"did": v.identity, "session": v.id, "explanation": decision.explain()},
+        )
+        return decision
+
+    return screen
