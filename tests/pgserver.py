@@ -49,23 +49,46 @@ def _run_as() -> dict[str, Any]:
         with contextlib.suppress(KeyError):
             user = pwd.getpwnam(name)
             return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-    pytest.skip("PostgreSQL refuses to run as root and there is no 'postgres' or 'nobody' user")
+    raise PostgresUnavailable(
+        "PostgreSQL refuses to run as root and there is no 'postgres' or 'nobody' user"
+    )
+
+
+class PostgresUnavailable(Exception):
+    """PostgreSQL cannot run on this machine (the tests that need it skip, saying why)."""
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """``postgresql://dsip@127.0.0.1:<port>/dsip_test`` on a server this fixture started."""
+    server = local_postgres()
+    try:
+        url = server.__enter__()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    except RuntimeError as exc:  # installed but broken: a failure, not a skip
+        pytest.fail(str(exc))
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def local_postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL server (also used by ``bench/cluster.py``)."""
     bindir = _pg_bindir()
     if bindir is None:
-        pytest.skip(
+        raise PostgresUnavailable(
             "PostgreSQL binaries not found: install the Debian package 'postgresql' (make test does)"
         )
-    psycopg = pytest.importorskip(
-        "psycopg", reason="psycopg not installed: pip install 'psycopg[binary]' psycopg-pool"
-    )
-    pytest.importorskip(
-        "psycopg_pool", reason="psycopg-pool not installed: pip install psycopg-pool"
-    )
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401 - the store needs it
+    except ImportError as exc:
+        raise PostgresUnavailable(
+            f"{exc.name} not installed: pip install 'psycopg[binary,pool]'"
+        ) from None
     drop = _run_as()
     # Not under pytest's tmp_path: its parents are 0700 root, which the server user cannot enter.
     base = Path(tempfile.mkdtemp(prefix="dsip-pg-"))
@@ -113,10 +136,10 @@ def postgres_url() -> Iterator[str]:
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             output = getattr(exc, "stderr", b"") or b""
             server_log = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            pytest.fail(
+            raise RuntimeError(
                 f"PostgreSQL is installed but did not start: {exc}\n"
                 f"{output.decode(errors='replace')[-2000:]}\n{server_log}"
-            )
+            ) from None
         with psycopg.connect(
             f"postgresql://{PG_USER}@127.0.0.1:{port}/postgres", autocommit=True, connect_timeout=10
         ) as conn:

@@ -85,6 +85,30 @@ def register(sub: Any) -> None:
         help="offer the prekeys/1.0 service (end-to-end messaging) with this SQLite file",
     )
     p.add_argument(
+        "--cluster",
+        metavar="NATS_URL",
+        help="serve one domain with several relay processes: share bindings and route between "
+        "them over this NATS server (nats://host:4222, comma-separated for several); every node "
+        "needs the same --identity-seed-file/--did and the same postgresql:// --store",
+    )
+    p.add_argument(
+        "--cluster-name",
+        default="dsip",
+        help="subject prefix: nodes with the same name are one relay (default: dsip)",
+    )
+    p.add_argument(
+        "--web-root",
+        type=Path,
+        metavar="DIR",
+        help="serve the browser client's static files from DIR on the ws/1.0 port "
+        "(https://host:port/); use --web for the client shipped with dsip",
+    )
+    p.add_argument(
+        "--web",
+        action="store_true",
+        help="serve the browser client shipped with dsip (see --web-root)",
+    )
+    p.add_argument(
         "--ready-file", type=Path, help="write {did, ws_port, quic_port} here once listening"
     )
     p.set_defaults(func=_run)
@@ -153,7 +177,25 @@ def _run(args: argparse.Namespace) -> int:
     if args.federation_backoff_max is not None:
         federation["backoff_max_s"] = args.federation_backoff_max
         federation["backoff_initial_s"] = min(1.0, args.federation_backoff_max)
-    return run_event_loop(_serve(cfg, args.ready_file, args.trust_ca, federation, args.prekeys))
+    cluster = None
+    if args.cluster:
+        from dsip.services.cluster import ClusterConfig
+
+        if not cfg.store.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                "--cluster needs a shared --store postgresql://… (all nodes, one queue)"
+            )
+        cluster = ClusterConfig(args.cluster, name=args.cluster_name)
+    web_root = args.web_root
+    if web_root is None and args.web:
+        from dsip.services.webroot import default_web_root
+
+        web_root = default_web_root()
+        if web_root is None:
+            raise ConfigError("--web: this installation has no browser client; use --web-root")
+    return run_event_loop(
+        _serve(cfg, args.ready_file, args.trust_ca, federation, args.prekeys, cluster, web_root)
+    )
 
 
 def _mint_local_tls(directory: Path) -> tuple[str, str]:
@@ -178,6 +220,8 @@ async def _serve(
     trust_ca: Path | None = None,
     federation: dict[str, Any] | None = None,
     prekeys_path: Path | None = None,
+    cluster: Any = None,
+    web_root: Path | None = None,
 ) -> int:
     from dsip.agent.resolver import DidResolver
     from dsip.messaging.prekeys import PrekeyStore
@@ -213,6 +257,8 @@ async def _serve(
         resolver=DidResolver(verify=resolver_tls),
         federation=settings,
         prekeys=prekeys,
+        cluster=cluster,
+        web_root=web_root,
     )
     await relay.start()
     info = {
@@ -224,6 +270,9 @@ async def _serve(
     }
     scheme = "wss" if server_ssl else "ws"
     print(f"relay {relay.did} listening on {scheme}://{cfg.host}:{relay.ws_port}/dsip", flush=True)
+    if web_root is not None:
+        web = "https" if server_ssl else "http"
+        print(f"browser client on {web}://{cfg.host}:{relay.ws_port}/", flush=True)
     if ready_file is not None:
         tmp = ready_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))

@@ -61,9 +61,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httpx
 from aiohttp import web
 
+from dsip.agent.credentials import fetch_status_lists, resolve_issuers
 from dsip.agent.resolver import DidResolver
 from dsip.config import read_toml_table
 from dsip.core.b64 import b64url_decode
@@ -472,61 +472,11 @@ class IssuerService:
         )
 
     async def _fetch_issuer_of(self, presented: object) -> None:
-        issuer = _credential_issuer(presented)
-        if issuer is not None and issuer.startswith("did:web:") and issuer != self.did:
-            with contextlib.suppress(DsipError):
-                await self.resolver.resolve(issuer)
+        await resolve_issuers([presented], self.resolver, skip=self.did)
 
     async def _status_source(self, presented: object) -> StatusListSource:
         """Status lists a presented credential points at: ours from memory, others fetched
         over HTTPS (bounded size and time); anything unavailable fails closed."""
         assert self.core is not None
-        lists: dict[str, Any] = {}
-        for url in _status_urls(presented)[:4]:
-            if url == self.core.status_list_url:
-                lists[url] = self.core.status_list_credential(now=self._now())
-                continue
-            try:
-                async with httpx.AsyncClient(verify=self._http_verify, timeout=5) as http:
-                    r = await http.get(url)
-                if r.status_code == 200 and len(r.content) <= _MAX_STATUS_FETCH:
-                    jwt = r.headers.get("content-type", "").startswith("application/vc+jwt")
-                    lists[url] = r.text.strip() if jwt else r.json()
-            except (httpx.HTTPError, ValueError):
-                continue
-        return lists.get
-
-
-_MAX_STATUS_FETCH = 1024 * 1024
-
-
-def _credential_body(presented: object) -> Mapping[str, Any] | None:
-    if isinstance(presented, Mapping):
-        return presented
-    if isinstance(presented, str) and presented.count(".") == 2 and len(presented) <= 8192:
-        try:
-            value, _ = loads_strict(b64url_decode(presented.split(".")[1]))
-        except DsipError:
-            return None
-        return value if isinstance(value, dict) else None
-    return None
-
-
-def _credential_issuer(presented: object) -> str | None:
-    body = _credential_body(presented)
-    issuer = body.get("issuer") if body is not None else None
-    if isinstance(issuer, Mapping):
-        issuer = issuer.get("id")
-    return issuer if isinstance(issuer, str) else None
-
-
-def _status_urls(presented: object) -> list[str]:
-    body = _credential_body(presented)
-    raw = body.get("credentialStatus") if body is not None else None
-    entries = raw if isinstance(raw, list) else [raw]
-    urls = []
-    for entry in entries:
-        url = entry.get("statusListCredential") if isinstance(entry, Mapping) else None
-        if isinstance(url, str) and url.startswith("https://"):
-            urls.append(url)
-    return urls
+        own = {self.core.status_list_url: self.core.status_list_credential(now=self._now())}
+        return await fetch_status_lists([presented], verify=self._http_verify, known=own)
