@@ -374,3 +374,48 @@ async def test_incoming_call_shows_verified_by_only_for_a_trusted_issuer(
     finally:
         await carol.stop()
         await bob.stop()
+
+
+async def test_the_agent_enforces_its_user_policy_and_refuses_a_broken_one(
+    tmp_path: Path, network: tuple[str, Path]
+) -> None:
+    relay, cafile = network
+    home = tmp_path / "bob"
+    Wallet(home).create("bob", PASS, now=int(time.time()))
+    broken = tmp_path / "broken.toml"
+    broken.write_text('version = 1\nscope = "user"\n[[rules]]\nid = "x"\naction = "ring-maybe"\n')
+    with pytest.raises(ConfigError):
+        await AgentDaemon(
+            AgentSettings(
+                home=home, identity="bob", relay=relay, cafile=str(cafile), policy_file=broken
+            ),
+            PASS,
+        ).start()
+    assert not any(p.exists() for p in runtime_paths(home, "bob"))  # it never came up
+
+    alice = await _agent(tmp_path, "alice", relay, cafile)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        'version = 1\nscope = "user"\n[defaults]\naction = "ring"\n[[rules]]\n'
+        f'id = "blocked"\nwhen = {{ callers = ["{alice.did}"] }}\naction = "reject"\n'
+        'reason = "policy:blocked"\n'
+    )
+    bob = AgentDaemon(
+        AgentSettings(
+            home=home, identity="bob", relay=relay, cafile=str(cafile), policy_file=policy
+        ),
+        PASS,
+    )
+    await bob.start()
+    try:
+        a_api = ApiClient(alice.settings.home, "alice")
+        events = a_api.events()
+        await _next(events, "subscribed")
+        await a_api.request("POST", "/v1/calls", {"to": bob.did})
+        ended = await _next(events, "call.ended")
+        assert ended["reason"] == "policy.blocked"
+        assert (await ApiClient(home, "bob").request("GET", "/v1/calls"))[0]["state"] == "ENDED"
+        await events.aclose()
+    finally:
+        await alice.stop()
+        await bob.stop()

@@ -98,6 +98,7 @@ class AgentSettings:
     geohash: str | None = None  # coarse location in presence (privacy mode "normal", §20.3)
     presence_ttl: int = 120
     push_subscription: Mapping[str, Any] | None = None  # Web Push channel the relay may wake
+    policy_file: Path | None = None  # user trust policy (TOML): ring/silent/voicemail/reject
 
     def __post_init__(self) -> None:
         if self.api_host not in ("127.0.0.1", "::1", "localhost"):
@@ -179,6 +180,13 @@ class AgentDaemon:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        screen = None
+        if self.settings.policy_file is not None:  # a bad file refuses to start, never allows
+            from dsip.core.trust.policy import TrustPolicy, endpoint_screen
+
+            screen = endpoint_screen(
+                TrustPolicy.load(self.settings.policy_file), documents=self.resolver.cached
+            )
         entry = self.wallet.entry(self.settings.identity)
         self.key = self.wallet.unlock(self.settings.identity, self._passphrase)
         self.did = entry.did
@@ -195,7 +203,7 @@ class AgentDaemon:
         await client.connect(relay, cafile=self.settings.cafile)
         self.client = client
         call_view, msg_view = _View(client), _View(client)
-        self.calls = CallAgent(cast(SignalingClient, call_view))
+        self.calls = CallAgent(cast(SignalingClient, call_view), screen=screen)
         self.messaging = MessagingAgent(cast(SignalingClient, msg_view), Messenger(self.key, store))
         await self.calls.start()
         self._relay_uri = relay

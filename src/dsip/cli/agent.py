@@ -44,6 +44,26 @@ def register(sub: Any) -> None:
         metavar="TYPE=DID",
         help="trust DID to issue credentials of TYPE for caller ID (repeatable)",
     )
+    run.add_argument("--name", help="display name offered to callees (a claim unless vouched)")
+    run.add_argument(
+        "--credential",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="present this credential (JSON object or vc+jwt) as caller ID (repeatable)",
+    )
+    run.add_argument(
+        "--policy", type=Path, metavar="FILE", help="trust policy (TOML, scope = 'user')"
+    )
+    run.add_argument(
+        "--dht-bootstrap",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="publish presence in the DHT and look up through it (repeatable)",
+    )
+    run.add_argument("--geohash", help="coarse location for presence region buckets")
     run.set_defaults(func=_run)
 
     for name, help_text in (
@@ -111,7 +131,22 @@ def _run(args: argparse.Namespace) -> int:
         if not sep or not did.startswith("did:"):
             raise ConfigError(f"--trust-issuer wants TYPE=DID, got {item!r}")
         issuers.setdefault(kind, []).append(did)
+    credentials: list[Any] = []
+    for path in args.credential:
+        try:
+            text = path.read_text("utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read credential {path}: {exc}") from None
+        try:
+            credentials.append(json.loads(text) if text.startswith("{") else text)
+        except ValueError:
+            raise ConfigError(f"{path} is neither a JSON credential nor a vc+jwt") from None
     settings = AgentSettings(
+        display_name=args.name,
+        credentials=tuple(credentials),
+        policy_file=args.policy,
+        dht_bootstrap=tuple(args.dht_bootstrap),
+        geohash=args.geohash,
         home=_home(args),
         identity=args.identity,
         relay=args.relay,
