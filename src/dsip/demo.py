@@ -33,6 +33,7 @@ from dsip.core.jws import encode_frame
 from dsip.demo_discovery import demo_discovery
 from dsip.demo_trust import demo_trust
 from dsip.errors import DsipError
+from dsip.messaging.demo import demo_messaging
 from dsip.services.didweb_host import DidWebHost
 from dsip.services.localca import LocalCA
 
@@ -202,6 +203,7 @@ async def run_foundation_demo(console: Console, workdir: Path | None = None) -> 
             await _relay_flows(console, ca, tmp, expect, alice, bob_key)
             await demo_discovery(console, ca, tmp, expect)
             await demo_trust(console, ca, tmp, expect)
+            await demo_messaging(console, ca, tmp, expect)
     finally:
         if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)

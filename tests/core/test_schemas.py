@@ -179,6 +179,10 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     ),
     "prekey-claim": message("prekey-claim", target=BOB),
     "prekey-claimed": message("prekey-claimed", in_reply_to=ulid(14), bundles=[]),
+    "mls-fetch": message("mls-fetch", target=BOB),
+    "mls-fetched": message(
+        "mls-fetched", in_reply_to=ulid(14), key_packages=[], group_info="AAAA", epoch=3
+    ),
     "push-subscription": message(
         "push-subscription",
         endpoint="http://127.0.0.1:9999/push/abc",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from dsip.agent.messaging import MessagingAgent
 from dsip.agent.signaling import SignalingClient
 from dsip.config import RelayConfig
 from dsip.core.b64 import b64url_decode, b64url_encode
+from dsip.core.delegation import issue_delegation
 from dsip.core.envelope import Verifier, sign_envelope
 from dsip.core.identity import KeyPair
 from dsip.core.jws import encode_frame
@@ -161,3 +163,95 @@ async def test_relay_without_prekey_service_refuses_publish(
         assert err.value.reason == "transport.routing-refused"
     finally:
         await agent.client.close()
+
+
+async def test_push_wake_for_an_unknown_envelope_is_refused_and_changes_nothing(
+    prekey_relay: Relay, client_ssl: ssl.SSLContext, tmp_path: Path
+) -> None:
+    a_key, b_key = KeyPair.generate(), KeyPair.generate()
+    b_store = SessionStore.open(tmp_path / "bob.db", key=KEY_B)
+    alice = await _agent(
+        prekey_relay, client_ssl, a_key, SessionStore.open(tmp_path / "a.db", key=KEY_A)
+    )
+    bob = await _agent(prekey_relay, client_ssl, b_key, b_store)
+    try:
+        await bob.publish_prekeys(target=2)
+        await alice.send_text(b_key.did, "first")
+        assert (await bob.receive()).message["body"] == "first"
+        before = b_store.snapshot()
+        hostile: list[tuple[dict[str, object], str, str]] = [
+            (
+                {"relay": prekey_relay.did, "envelope_id": new_ulid(0)},
+                "push-unknown-envelope",
+                "session.unknown-session",
+            ),
+            (
+                {"relay": "did:web:elsewhere.example", "envelope_id": new_ulid(0)},
+                "push-unknown-relay",
+                "transport.routing-refused",
+            ),
+            ({"relay": prekey_relay.did, "envelope_id": "../x"}, "push-invalid", "session.failed"),
+            ({"relay": prekey_relay.did}, "push-invalid", "session.failed"),
+        ]
+        for push, code, reason in hostile:
+            with pytest.raises(DsipError) as err:
+                await bob.wake(push, settle=0.3)
+            assert (err.value.code, err.value.reason) == (code, reason)
+            assert b_store.snapshot() == before
+        # a genuine push: bob was offline, the relay held the message and named it
+        await bob.client.close()
+        sent = await alice.send_text(b_key.did, "wake up")
+        held_id = sent.outbound[0].payload["id"]
+        bob = await _agent(prekey_relay, client_ssl, b_key, b_store)
+        got = await bob.wake({"relay": prekey_relay.did, "envelope_id": held_id})
+        assert [r.message["body"] for r in got] == ["wake up"]
+        assert await bob.wake({"relay": prekey_relay.did, "envelope_id": held_id}) == []
+    finally:
+        await alice.client.close()
+        await bob.client.close()
+
+
+async def test_multi_device_over_the_relay_every_device_and_a_copy(
+    prekey_relay: Relay, client_ssl: ssl.SSLContext, tmp_path: Path
+) -> None:
+    """bob has a phone and a laptop (delegated device keys), alice a phone and a tablet:
+    alice's phone reaches both of bob's devices and copies itself to alice's tablet."""
+    now = int(time.time())
+    ids = {"alice": KeyPair.generate(), "bob": KeyPair.generate()}
+    agents: dict[str, MessagingAgent] = {}
+    for label, owner in (
+        ("alice-phone", "alice"),
+        ("alice-tablet", "alice"),
+        ("bob-phone", "bob"),
+        ("bob-laptop", "bob"),
+    ):
+        device = KeyPair.generate()
+        deleg = [issue_delegation(ids[owner], device.did, issued_at=now - 5, expires_at=now + 3600)]
+        client = SignalingClient(
+            device, identity=ids[owner].did, delegations=deleg, verifier=Verifier()
+        )
+        await client.connect(relay_uri(prekey_relay), ssl_context=client_ssl, timeout=5)
+        store = SessionStore.open(tmp_path / f"{label}.db", key=KEY_A)
+        messenger = Messenger(device, store, identity=ids[owner].did, delegations=deleg)
+        agents[label] = MessagingAgent(client, messenger, timeout=5)
+    try:
+        for agent in agents.values():
+            await agent.publish_prekeys(target=3)
+        sent = await agents["alice-phone"].send_text(ids["bob"].did, "to all of bob")
+        assert {o.device for o in sent.outbound} == {
+            agents[x].messenger.device.did for x in ("bob-phone", "bob-laptop", "alice-tablet")
+        }
+        for label in ("bob-phone", "bob-laptop", "alice-tablet"):
+            got = await agents[label].receive()
+            assert got.message["body"] == "to all of bob"
+            assert got.sender_identity == ids["alice"].did
+            assert got.copy == (label == "alice-tablet")
+        reply = await agents["bob-laptop"].send_text(ids["alice"].did, "from bob's laptop")
+        assert len(reply.outbound) == 3  # alice's two devices and bob's phone
+        for label in ("alice-phone", "alice-tablet", "bob-phone"):
+            got = await agents[label].receive()
+            assert got.message["body"] == "from bob's laptop"
+    finally:
+        for agent in agents.values():
+            await agent.client.close()
+            agent.messenger.store.close()

@@ -215,6 +215,7 @@ __all__ = [
     "MlsMessage",
     "Processed",
     "StagedCommit",
+    "key_package_owner",
     "verify_leaf_binding",
 ]
 
@@ -628,6 +629,37 @@ def verify_leaf_binding(leaf: LeafNode, documents: DocumentSource | None = None)
     return did
 
 
+def _parse_key_package(
+    message: MlsMessage, crypto: DefaultCryptoProvider, now: int, context: object = None
+) -> KeyPackage:
+    if message.content_type is not ContentType.KEY_PACKAGE:
+        raise MlsError(f"expected a key package, got {message.content_type.value}")
+    try:
+        package = MLSMessage.deserialize(message.data).get_parsed_content()
+        assert isinstance(package, KeyPackage)
+        package.verify(crypto, group_context=context, current_time=now)
+        assert package.leaf_node is not None
+        package.leaf_node.validate(crypto, current_time=now)
+    except Exception as exc:
+        raise MlsError(f"invalid key package: {exc!s:.160}") from None
+    return package
+
+
+def key_package_owner(
+    message: MlsMessage, now: int, documents: DocumentSource | None = None
+) -> tuple[str, str]:
+    """(member DID, device kid) of a valid, DID-bound key package; else an :class:`MlsError`.
+
+    What a delivery service checks before it hands a key package out: the package's own
+    signature and lifetime, and the binding of its leaf to the DID that publishes it.
+    """
+    package = _parse_key_package(message, DefaultCryptoProvider(CIPHER_SUITE), now)
+    assert package.leaf_node is not None
+    did = verify_leaf_binding(package.leaf_node, documents)
+    assert package.leaf_node.credential is not None
+    return did, bytes(package.leaf_node.credential.identity).decode("utf-8")
+
+
 # --- results ----------------------------------------------------------------------------
 
 
@@ -763,6 +795,40 @@ class MlsMember:
         data = MLSMessage.from_key_package(package).serialize()
         return MlsMessage(ContentType.KEY_PACKAGE, data)
 
+    def sibling(self) -> MlsMember:
+        """A member with this device's keys (DID key, MLS signature key) and no group: one
+        device takes part in several groups with one MLS identity."""
+        return MlsMember(self._key, documents=self._documents, signature_seed=self._sig_private)
+
+    def welcomed(self, welcome: MlsMessage | bytes) -> MlsMember:
+        """A :meth:`sibling` joined from ``welcome`` with the key package of ours it is for;
+        this member then forgets that package (one-time use, RFC 9420 §16.8). Nothing
+        changes here if the join fails."""
+        data = welcome if isinstance(welcome, bytes) else welcome.welcome or welcome.data
+        try:
+            parsed = MLSMessage.deserialize(data).get_parsed_content()
+            assert isinstance(parsed, Welcome)
+            refs = [bytes(s.new_member) for s in parsed.secrets]
+        except Exception:
+            raise MlsError("not an MLS Welcome") from None
+        ref = next((r for r in refs if r in self._key_packages), None)
+        if ref is None:
+            raise MlsError(
+                "the Welcome is for none of our key packages",
+                code="mls-not-member",
+                reason="policy.blocked",
+            )
+        joined = self.sibling()
+        joined._key_packages[ref] = self._key_packages[ref]
+        joined.join(data)
+        del self._key_packages[ref]
+        return joined
+
+    @property
+    def key_packages_held(self) -> int:
+        """Key packages made here whose secrets are kept for a Welcome."""
+        return len(self._key_packages)
+
     def _new_key_package(self, now: int) -> tuple[KeyPackage, bytes, bytes]:
         c = self._crypto
         init_private, init_public = c.generate_key_pair()
@@ -785,18 +851,10 @@ class MlsMember:
         return replace(package, signature=Signature(signature)), init_private, enc_private
 
     def _read_key_package(self, message: MlsMessage, now: int) -> KeyPackage:
-        if message.content_type is not ContentType.KEY_PACKAGE:
-            raise MlsError(f"expected a key package, got {message.content_type.value}")
-        try:
-            package = MLSMessage.deserialize(message.data).get_parsed_content()
-            assert isinstance(package, KeyPackage)
-            group = self._group
-            context = group._group_context if group is not None else None
-            package.verify(self._crypto, group_context=context, current_time=now)
-            assert package.leaf_node is not None
-            package.leaf_node.validate(self._crypto, current_time=now)
-        except Exception as exc:
-            raise MlsError(f"invalid key package: {exc!s:.160}") from None
+        group = self._group
+        context = group._group_context if group is not None else None
+        package = _parse_key_package(message, self._crypto, now, context)
+        assert package.leaf_node is not None
         self._check_binding(package.leaf_node)
         return package
 
@@ -989,6 +1047,9 @@ class MlsMember:
                 return Processed("own-echo", self.epoch, self.did)
             return Processed("application", self.epoch, decrypted.sender, decrypted)
         if message.content_type is ContentType.COMMIT:
+            if self._pending is not None and message.data == self._pending.staged.message.data:
+                self.merge()  # our own commit (an external one too), echoed: it was accepted
+                return Processed("own-commit", self.epoch, self.did)
             if self._group is None:
                 if message.welcome is None:
                     raise _local("not in a group", "mls-no-group")

@@ -26,7 +26,9 @@ Rules, per group:
   commit re-encrypts after catching up).
 * **Fan-out** is to member DIDs (every device of a DID is the relay's business): a commit
   goes to the old and new roster, so removed members learn of it and added members get
-  the Welcome riding on it; application data to the current roster.
+  the Welcome riding on it; application data to the current roster. A Welcome too big to
+  ride on its commit comes right after it, from the same committer, and goes only to the
+  DIDs that commit added.
 
 The roster and leaf keys come from the ratchet tree in each accepted commit's GroupInfo,
 whose signature is checked against the leaf it names. The first commit of an unknown
@@ -82,9 +84,19 @@ class _Group:
     group_info: bytes  # the current epoch's GroupInfo (MLSMessage), for external joins
     commits: dict[int, bytes] = field(default_factory=dict)  # epoch -> accepted commit hash
     seq: int = 0
+    committer: str = ""  # DID whose commit created the current epoch
+    added: frozenset[str] = frozenset()  # DIDs that commit brought in (its Welcome's readers)
 
     def dids(self) -> set[str]:
         return {did for did, _ in self.leaves.values()}
+
+
+def _wrong_epoch_error(got: int, want: int) -> MlsError:
+    return MlsError(
+        f"message for epoch {got}, group is at {want}",
+        code="mls-wrong-epoch",
+        reason="session.invalid-state",
+    )
 
 
 def _refuse(error: MlsError, epoch: int) -> Outcome[T]:
@@ -125,6 +137,8 @@ class DeliveryService(Generic[T]):
                 return self._commit(sender, message, item, online)
             if message.content_type is ContentType.APPLICATION:
                 return self._application(sender, message, item, online)
+            if message.content_type is ContentType.WELCOME:
+                return self._welcome(sender, message, item, online)
             raise MlsError(f"the delivery service does not route {message.content_type.value}")
         except MlsError as exc:
             return _refuse(exc, epoch)
@@ -146,6 +160,24 @@ class DeliveryService(Generic[T]):
         if sender not in state.dids():
             raise MlsError("sender is not a member", code="mls-not-member", reason="policy.blocked")
         return self._deliver(state, state.dids(), item, online)
+
+    def _welcome(
+        self, sender: str, message: MlsMessage, item: T, online: Container[str]
+    ) -> Outcome[T]:
+        """A Welcome sent apart from its commit (a commit and Welcome too big for one
+        frame): only by the committer of the current epoch, only to the DIDs it added."""
+        state = self._groups.get(message.group)
+        if state is None:
+            raise MlsError("unknown group", code="mls-wrong-group", reason="session.invalid-state")
+        if message.epoch != state.epoch:
+            raise _wrong_epoch_error(message.epoch, state.epoch)
+        if sender != state.committer or not state.added:
+            raise MlsError(
+                "only the committer of this epoch sends the Welcome of the members it added",
+                code="mls-not-member",
+                reason="policy.blocked",
+            )
+        return self._deliver(state, set(state.added) | {sender}, item, online)  # sender: echo
 
     # -- commits ---------------------------------------------------------------------------
 
@@ -207,10 +239,13 @@ class DeliveryService(Generic[T]):
                 )
         else:
             raise MlsError("only members commit", code="mls-not-member", reason="policy.blocked")
-        recipients = (state.dids() if state else set()) | {did for did, _ in new_leaves.values()}
+        old = state.dids() if state else set()
+        recipients = old | {did for did, _ in new_leaves.values()}
         if state is None:
             state = _Group(message.epoch, b"", {}, b"")
             self._groups[message.group] = state
+        state.committer = sender
+        state.added = frozenset({did for did, _ in new_leaves.values()} - old)
         state.commits[message.epoch] = digest
         state.epoch = message.epoch + 1
         state.context, state.leaves, state.group_info = new_context, new_leaves, message.group_info

@@ -133,6 +133,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (local_device, device)
         ) STRICT, WITHOUT ROWID""",
     ),
+    (
+        # MLS (dsip.agent.messaging.GroupAgent): the device's MLS identity and key package
+        # secrets under name "device", each group's state under "group:<id>".
+        """CREATE TABLE mls_state (
+            local_device TEXT NOT NULL,
+            name         TEXT NOT NULL,
+            state        BLOB NOT NULL,
+            PRIMARY KEY (local_device, name)
+        ) STRICT, WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -411,6 +421,33 @@ class StoreTransaction:
     def purge_seen(self, *, before: int) -> int:
         """Forget ids of envelopes that expired before ``before`` (expiry refuses them)."""
         return self._conn.execute("DELETE FROM seen WHERE expires_at < ?", (before,)).rowcount
+
+    # --- MLS state --------------------------------------------------------------------------
+
+    def load_mls(self, local_device: str, name: str) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT state FROM mls_state WHERE local_device = ? AND name = ?", (local_device, name)
+        ).fetchone()
+        return None if row is None else self._cipher.open(row[0], "mls_state", local_device, name)
+
+    def save_mls(self, local_device: str, name: str, state: bytes) -> None:
+        sealed = self._cipher.seal(state, "mls_state", local_device, name)
+        self._conn.execute(
+            "INSERT INTO mls_state (local_device, name, state) VALUES (?, ?, ?)"
+            " ON CONFLICT (local_device, name) DO UPDATE SET state = excluded.state",
+            (local_device, name, sealed),
+        )
+
+    def drop_mls(self, local_device: str, name: str) -> None:
+        self._conn.execute(
+            "DELETE FROM mls_state WHERE local_device = ? AND name = ?", (local_device, name)
+        )
+
+    def mls_names(self, local_device: str) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT name FROM mls_state WHERE local_device = ? ORDER BY name", (local_device,)
+        )
+        return [r[0] for r in rows]
 
     # --- inbox and authorship -----------------------------------------------------------
 

@@ -106,6 +106,8 @@ MESSAGE_TYPES: Final[frozenset[str]] = frozenset(
         "push-subscription",
         "prekey-claim",
         "prekey-claimed",
+        "mls-fetch",  # mls/1.0: ask the relay for key packages or a GroupInfo
+        "mls-fetched",  # mls/1.0: the relay's answer (dsip.messaging.mls_service)
     }
 )
 
@@ -126,6 +128,13 @@ SCHEMA_NAMES: Final[frozenset[str]] = MESSAGE_TYPES | {
     "payment-receipt",
     "community-list",
     "trust-policy",
+    "reputation-rating",  # dsip.core.trust.reputation: a signed call rating's claims
+    # emergency/1.0 (dsip.core.emergency): the sealed content of invite.emergency, the
+    # dual-signed geo-attestation, device certification subjects, public warnings
+    "emergency-content",
+    "geo-attestation",
+    "vc-device-certification",
+    "alert",
 }
 
 #: ``info.about`` value -> schema of its ``data``, for the bindings dsip implements.
