@@ -32,6 +32,7 @@ from dsip.core.identity import KeyPair
 from dsip.core.jws import encode_frame
 from dsip.demo_discovery import demo_discovery
 from dsip.demo_trust import demo_trust
+from dsip.demo_web import demo_web
 from dsip.errors import DsipError
 from dsip.messaging.demo import demo_messaging
 from dsip.services.didweb_host import DidWebHost
@@ -204,6 +205,7 @@ async def run_foundation_demo(console: Console, workdir: Path | None = None) -> 
             await demo_discovery(console, ca, tmp, expect)
             await demo_trust(console, ca, tmp, expect)
             await demo_messaging(console, ca, tmp, expect)
+            await demo_web(console, ca, tmp, expect)
     finally:
         if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -213,9 +215,9 @@ async def run_foundation_demo(console: Console, workdir: Path | None = None) -> 
         return 1
     console.print(
         Panel(
-            "[green]Every genuine message was accepted and every forgery was refused; the call "
-            "went through the relay, the offline message waited on disk, messages stayed "
-            "end-to-end encrypted, and carol was found through the DHT.[/green]\n"
+            "[green]Every genuine message was accepted and every forgery was refused: calls, "
+            "stored and encrypted messages, DHT lookups, credentials, MLS groups and the "
+            "browser client all behaved.[/green]\n"
             "Next: `make test` runs the whole suite; `dsip vectors run "
             "../shared/reference/dsip-v0.7/vectors` the conformance vectors."
         )

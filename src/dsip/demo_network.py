@@ -132,6 +132,11 @@ async def run_network_demo(
                 + ", ".join(f"{n} 127.0.0.1:{a.port}" for n, a in net.agents.items())
                 + f"; relay {net.relay_uri}"
             )
+            web = f"https://localhost:{net.relay.ws_port}/"
+            console.print(
+                f"Browser client: [link]{web}[/link] (trust the demo CA {net.cafile} or accept "
+                "the warning; call any agent's DID from it)"
+            )
             if stay_up:
                 console.print("The network stays up; Ctrl-C stops it.")
                 await asyncio.Event().wait()
@@ -206,6 +211,7 @@ async def _network(console: Console, board: _Board, tmp: Path) -> AsyncIterator[
             async def start_relay(port: int = 0) -> Any:
                 from dsip.core.trust.policy import TrustPolicy, relay_first_contact_hook
                 from dsip.services.relay import Relay
+                from dsip.services.webroot import default_web_root
                 from dsip.storage import open_store
 
                 prekeys = PrekeyStore.open(tmp / "prekeys.db")
@@ -217,6 +223,7 @@ async def _network(console: Console, board: _Board, tmp: Path) -> AsyncIterator[
                     resolver=DidResolver(verify=ca.client_context()),  # bob's did:web
                     prekeys=prekeys,
                     first_contact=relay_first_contact_hook(TrustPolicy.from_toml(RELAY_POLICY)),
+                    web_root=default_web_root(),  # the browser client, on the same port
                 )
                 await relay.start()
                 relay_box["relay"], relay_box["prekeys"] = relay, prekeys

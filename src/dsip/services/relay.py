@@ -30,6 +30,7 @@ DID neither bound nor known here goes to the outbox of the relay its DID documen
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import ssl
@@ -51,6 +52,7 @@ from dsip.core.ratelimit import RateLimiter
 from dsip.core.ulid import is_ulid
 from dsip.errors import DsipError
 from dsip.messaging.prekeys import PrekeyStore, verify_prekey_bundle
+from dsip.services.cluster import ClusterBus, ClusterConfig
 from dsip.services.federation import (
     FEDERATION_EXTENSION,
     Federation,
@@ -137,8 +139,13 @@ class Relay:
         turn: TurnIssuer | None = None,
         federation: FederationSettings | None = None,
         prekeys: PrekeyStore | None = None,
+        mls_state: Any = None,  # path of the mls/1.0 state file (str or os.PathLike); None: memory
+        cluster: ClusterConfig | None = None,
+        web_root: Any = None,
     ) -> None:
         self.config = config
+        # --- web client hook (1/2): static files of the browser client on the ws/1.0 port ---
+        self.web_root = web_root  # pathlib.Path or None
         self.key = key
         self.did = did or config.did or key.did
         self.store = store
@@ -148,6 +155,12 @@ class Relay:
         self.first_contact = first_contact
         self.turn = turn
         self.prekeys = prekeys  # one-time prekey store (profile prekeys/1.0); None: not offered
+        self.mls: Any = None  # mls/1.0 MlsService, created on the first mls envelope
+        if mls_state is not None:  # --- mls state hook: groups and key packages survive restarts
+            from dsip.messaging.mls_service import MlsService
+
+            self.mls = MlsService.open(mls_state, documents=self.resolver.cached)  # ConfigError
+        self._mls_lock = asyncio.Lock()  # one group message at a time: acceptance = fan-out order
         if turn is not None and hasattr(turn, "__self__") and hasattr(turn.__self__, "notify"):
             turn.__self__.notify = self._notify  # usage records and warnings reach the device
         self.verifier = Verifier(self.resolver.cached)
@@ -164,12 +177,20 @@ class Relay:
         self._rl_did = RateLimiter(config.envelopes_per_minute)
         self._rl_invite = RateLimiter(config.invites_per_minute)
         self._rl_ip = RateLimiter(config.ip_envelopes_per_minute)
+        self._psaps: set[str] = set()  # emergency hook: bound devices of emergency identities
         self._servers: list[Any] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.ws_port: int | None = None
         self.quic_port: int | None = None
         self.stats: dict[str, int] = {"received": 0, "routed": 0, "stored": 0, "refused": 0}
+        # --- cluster hook (1/5): nodes of one relay share bindings over NATS ---
+        self.cluster: ClusterBus | None = None
+        if cluster is not None:
+            self.cluster = ClusterBus(
+                cluster, on_deliver=self._from_cluster, on_stored=self._flush_stored
+            )
+        self._flushing: dict[_Peer, bool] = {}  # peer → another flush was asked meanwhile
         # --- federation hook (1/6): relay-to-relay links, outboxes, peer-relay admission ---
         self.federation = Federation(
             key,
@@ -187,11 +208,17 @@ class Relay:
     async def start(self) -> None:
         from dsip.transport.ws import serve_ws
 
+        static = None
+        if self.web_root is not None:  # web client hook (2/2)
+            from dsip.services.webroot import StaticFiles, http_responder
+
+            static = http_responder(StaticFiles(self.web_root), "/dsip")
         ws = await serve_ws(
             self.serve_connection,
             host=self.config.host,
             port=self.config.ws_port,
             ssl_context=self.server_ssl,
+            process_request=static,
         )
         self._servers.append(ws)
         self.ws_port = ws.port
@@ -210,6 +237,8 @@ class Relay:
             self._servers.append(q)
             self.quic_port = q.port
         self._spawn(self._purge_loop())
+        if self.cluster is not None:  # cluster hook (2/5)
+            await self.cluster.start()
         await self.federation.start()  # federation hook (2/6): resume outboxes of a past run
         logger.info("relay %s listening: ws=%s quic=%s", self.did, self.ws_port, self.quic_port)
 
@@ -217,6 +246,8 @@ class Relay:
         """Graceful shutdown: stop listening, close connections (1001), close the store."""
         self._closing = True
         await self.federation.stop()  # federation hook (2/6): links stop before the store
+        if self.cluster is not None:  # cluster hook (2/5): other nodes stop routing here
+            await self.cluster.close()
         for server in self._servers:
             await server.close()
         for peer in list(self._peers):
@@ -228,6 +259,8 @@ class Relay:
                 await task
         await self.store.close()
         await self.resolver.aclose()
+        if self.mls is not None:  # mls state hook: close the state file
+            self.mls.close()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -262,6 +295,11 @@ class Relay:
                     )
                     await conn.close(CLOSE_HELLO_TIMEOUT, "no hello")
                     return
+                if self._psaps and not _urgent(peer, frame):
+                    # emergency hook (5/5): while a PSAP is bound here, an ordinary frame
+                    # yields once, so an emergency frame woken in the same loop round is
+                    # verified and routed first (one loop iteration per frame: only then)
+                    await asyncio.sleep(0)
                 try:
                     await self._on_frame(peer, frame)
                 except (ConnectionClosed, asyncio.CancelledError):
@@ -334,7 +372,11 @@ class Relay:
             )
             return
         # --- end federation hook (3/6) ---
-        if peer.relay is None and not self._rl_ip.allow(peer.conn.remote_ip, now):
+        if (
+            peer.relay is None
+            and not self._rl_ip.allow(peer.conn.remote_ip, now)
+            and not _claims_emergency(frame)  # emergency hook (1/5): exempt, still verified
+        ):
             await self._error(
                 peer,
                 frame,
@@ -380,6 +422,8 @@ class Relay:
             await self._on_ack(peer, v)
         elif v.type in ("prekey-bundle", "prekey-claim"):
             await self._on_prekeys(peer, v)
+        elif v.type in ("mls", "mls-fetch") and v.payload.get("to") == self.did:
+            await self._on_mls(peer, v, now)
         elif v.type == "push-subscription":
             if v.signer == peer.device and peer.device and peer.identity:
                 self.push_subscriptions[peer.device] = (peer.identity, dict(v.payload))
@@ -425,6 +469,10 @@ class Relay:
             peer.cose = True
         self.devices[device] = peer
         self.identities.setdefault(identity, set()).add(device)
+        if _is_emergency_identity(identity):  # emergency hook: a PSAP is bound here
+            self._psaps.add(device)
+        if self.cluster is not None:  # cluster hook (3/5): this node now serves these DIDs
+            await self.cluster.bind_now(device, identity)
         now = int(self.clock())
         joins = [
             em for em in self.forking.bind(device, identity, now=now) if isinstance(em, Deliver)
@@ -448,7 +496,7 @@ class Relay:
             ),
         )
         logger.info("bound %s for %s on %s", device, identity, peer.conn.remote)
-        self._spawn(self._flush(peer))
+        self._spawn(self._flush_until_quiet(peer))
         for em in joins:  # a device that binds mid-attempt becomes a leg (§12.7 rule 3)
             wires = self._attempts.get(em.id or "")
             if wires is not None:
@@ -512,6 +560,68 @@ class Relay:
         )
         self._enqueue(peer, encode_frame(sign_envelope(payload, self.key)))
 
+    async def _on_mls(self, peer: _Peer, v: Verified, now: float) -> None:
+        """mls/1.0: the relay is the delivery service of the MLS groups whose envelopes are
+        addressed to it (rules in ``dsip.messaging.mls_service``). An accepted envelope goes
+        unchanged to every member DID it names, the sender included (its echo is the
+        acceptance); a member with no bound device gets it through store-and-forward."""
+        if v.signer != peer.device:
+            await self._error(
+                peer, v.wire, "transport.routing-refused", "not the bound device", in_reply_to=v.id
+            )
+            return
+        if not self._rl_did.allow(v.identity, now):
+            await self._error(
+                peer,
+                v.wire,
+                "transport.rate-limited",
+                "per-DID rate limit",
+                in_reply_to=v.id,
+                retry_after=self._rl_did.retry_after(v.identity),
+            )
+            return
+        if self.mls is None:
+            from dsip.messaging.mls_service import MlsService
+
+            self.mls = MlsService(documents=self.resolver.cached)
+            logger.warning(  # mls state hook: once, when the in-memory state is created
+                "MLS state is not durable: a relay restart forgets every group and key "
+                "package (run with --mls-state FILE to keep them)"
+            )
+        async with self._mls_lock:
+            if v.payload.get("content_type") == "application":  # header checks only: inline
+                action = self.mls.handle(v, now=int(now))
+            else:  # commits (GroupInfo, tree hash, signatures), key packages: off the loop
+                action = await asyncio.to_thread(self.mls.handle, v, now=int(now))
+            if action.error is not None:
+                await self._error(
+                    peer, v.wire, action.error.reason, action.error.code, in_reply_to=v.id
+                )
+                return
+            if action.reply is not None:
+                payload = make_payload(
+                    "mls-fetched",
+                    sender=self.did,
+                    now=int(now),
+                    profiles=[],
+                    to=v.signer,
+                    in_reply_to=v.id,
+                    **action.reply,
+                )
+                self._enqueue(peer, encode_frame(sign_envelope(payload, self.key)))
+            for did in action.recipients:
+                targets = self._targets(did, exclude=_NOBODY)
+                if targets and self._wire_ok(targets, v.wire):
+                    for target in targets:
+                        await self._deliver(target, v.wire)
+                else:
+                    try:
+                        await self._store(did, v)
+                    except DsipError as exc:
+                        logger.warning("group message for %s not stored: %s", did, exc)
+            if action.recipients:
+                self.stats["routed"] += 1
+
     def _turn_capability(self, identity: str, v: Verified) -> dict[str, Any] | None:
         if self.turn is None:
             return None
@@ -554,8 +664,11 @@ class Relay:
         if peer.device is None:
             return
         if self.devices.get(peer.device) is peer:
+            self._psaps.discard(peer.device)  # emergency hook
             self.forking.unbind(peer.device, peer.identity or peer.device, now=int(self.clock()))
             del self.devices[peer.device]
+            if self.cluster is not None:  # cluster hook (3/5)
+                self.cluster.unbind(peer.device, peer.identity or peer.device)
             devs = self.identities.get(peer.identity or "", set())
             devs.discard(peer.device)
             if not devs:
@@ -586,6 +699,37 @@ class Relay:
                         # live connection is delivery (§13.2).
                         await self.store.ack(key, item.envelope_id)
 
+    # --- cluster (hooks' bodies; design in dsip.services.cluster) ----------------------------
+
+    async def _from_cluster(self, did: str, wire: str | bytes) -> bool:
+        """Another node routed ``wire`` to ``did``, bound here: hand it to our connections."""
+        targets = self._targets(did, exclude=_NOBODY)
+        if not targets or not self._wire_ok(targets, wire):
+            return False
+        for target in targets:
+            await self._deliver(target, wire)
+        self.stats["routed"] += 1
+        return True
+
+    async def _flush_stored(self, did: str) -> None:
+        """Another node stored for ``did``: flush it to our devices of ``did`` (once at a time)."""
+        for peer in [p for p in self.devices.values() if did in (p.device, p.identity)]:
+            if peer in self._flushing:
+                self._flushing[peer] = True  # the running flush goes round once more
+                continue
+            self._spawn(self._flush_until_quiet(peer))
+
+    async def _flush_until_quiet(self, peer: _Peer) -> None:
+        self._flushing[peer] = False
+        try:
+            while True:
+                await self._flush(peer)
+                if not self._flushing.get(peer):
+                    return
+                self._flushing[peer] = False
+        finally:
+            self._flushing.pop(peer, None)
+
     async def _on_ack(self, peer: _Peer, v: Verified) -> None:
         if v.signer != peer.device:
             return
@@ -607,7 +751,8 @@ class Relay:
             )
             return
         ident = v.identity
-        if not self._rl_did.allow(ident, now):
+        urgent = _is_emergency_invite(v)  # emergency hook (2/5): no rate limit, no gate
+        if not urgent and not self._rl_did.allow(ident, now):
             await self._error(
                 peer,
                 v.wire,
@@ -617,7 +762,7 @@ class Relay:
                 retry_after=self._rl_did.retry_after(ident),
             )
             return
-        if v.type == "invite" and not self._rl_invite.allow(ident, now):
+        if v.type == "invite" and not urgent and not self._rl_invite.allow(ident, now):
             await self._error(
                 peer,
                 v.wire,
@@ -627,10 +772,12 @@ class Relay:
                 retry_after=self._rl_invite.retry_after(ident),
             )
             return
-        if self.first_contact is not None:
+        if self.first_contact is not None and not urgent:
             refusal = self.first_contact(v)
             if refusal:
-                await self._error(peer, v.wire, refusal, "first-contact policy", in_reply_to=v.id)
+                # a PolicyRefusal (dsip.core.trust.policy) says which rule fired
+                detail = getattr(refusal, "detail", None) or "first-contact policy"
+                await self._error(peer, v.wire, str(refusal), detail, in_reply_to=v.id)
                 return
         to = v.payload.get("to")
         if not isinstance(to, str):
@@ -646,7 +793,13 @@ class Relay:
             return
         if targets:
             for target in targets:
-                await self._deliver(target, v.wire)
+                await self._deliver(target, v.wire, urgent=urgent or _from_emergency(v))
+            if self.cluster is not None:  # cluster hook (4/5): devices bound at other nodes
+                await self.cluster.publish(to, v.wire)
+            self.stats["routed"] += 1
+            return
+        # --- cluster hook (4/5): bound at another node of this relay? ---
+        if self.cluster is not None and await self.cluster.deliver(to, v.wire):
             self.stats["routed"] += 1
             return
         known = await self.store.is_known(
@@ -692,7 +845,9 @@ class Relay:
                 v.id, v.identity, to, legs, now=int(now), expires_at=int(v.payload["expires_at"])
             ):
                 if isinstance(em, Deliver) and em.leg in self.devices:
-                    await self._deliver(self.devices[em.leg], v.wire)
+                    await self._deliver(
+                        self.devices[em.leg], v.wire, urgent=_is_emergency_invite(v)
+                    )
             self.stats["routed"] += 1
             return True
         if not isinstance(session, str):
@@ -768,7 +923,11 @@ class Relay:
             if self.devices[d] is not exclude
         ]
 
-    async def _deliver(self, target: _Peer, frame: str | bytes) -> None:
+    async def _deliver(self, target: _Peer, frame: str | bytes, *, urgent: bool = False) -> None:
+        if urgent:  # emergency hook (3/5): ahead of everything queued, even over the bound
+            target.out.appendleft(frame)
+            self._kick(target)
+            return
         try:
             self._enqueue(target, frame)
         except asyncio.QueueFull:
@@ -787,6 +946,8 @@ class Relay:
         wire = v.wire.encode() if isinstance(v.wire, str) else v.wire
         await self.store.put(recipient, v.id, wire, expires_at=expires, now=int(self.clock()))
         self.stats["stored"] += 1
+        if self.cluster is not None:  # cluster hook (5/5): a node where it just bound flushes
+            await self.cluster.stored(recipient)
         self._spawn(self._push_wake(recipient, v.id))
 
     async def _push_wake(self, recipient: str, envelope_id: str) -> None:
@@ -915,7 +1076,9 @@ class Relay:
         if self.first_contact is not None:
             refusal = self.first_contact(v)
             if refusal:
-                await self._error(peer, v.wire, refusal, "first-contact policy", in_reply_to=v.id)
+                # a PolicyRefusal (dsip.core.trust.policy) says which rule fired
+                detail = getattr(refusal, "detail", None) or "first-contact policy"
+                await self._error(peer, v.wire, str(refusal), detail, in_reply_to=v.id)
                 return
         targets = self._targets(to, exclude=_NOBODY)
         if targets and not self._wire_ok(targets, v.wire):
@@ -1025,6 +1188,73 @@ class Relay:
             self._enqueue(peer, encode_frame(sign_envelope(payload, self.key)))
         except asyncio.QueueFull:
             await peer.conn.close(CLOSE_POLICY, "send queue full")
+
+
+# --- emergency hook (4/5): emergency/1.0 invites (seed §19.2, dsip.core.emergency) ---
+
+
+def _urgent(peer: _Peer, frame: str | bytes) -> bool:
+    """Cheap pre-verification triage: frames from a bound emergency namespace identity (a
+    PSAP's answers, progress, callbacks) and frames whose payload bytes carry
+    ``"priority":"emergency"`` (compact JSON, as dsip signs it). A guess that only orders
+    work; every frame is still verified, and exemptions follow :func:`_is_emergency_invite`."""
+    from dsip.core.emergency.namespaces import is_emergency_did
+
+    if peer.identity is not None and is_emergency_did(peer.identity):
+        return True
+    if not isinstance(frame, str) or len(frame) > 65_536:
+        return False
+    start = frame.find('"payload":"')
+    end = frame.find('"', start + 11) if start >= 0 else -1
+    if end < 0:
+        return False
+    try:
+        payload = base64.urlsafe_b64decode(frame[start + 11 : end] + "==")
+    except ValueError:
+        return False
+    return b'"priority":"emergency"' in payload
+
+
+def _is_emergency_identity(did: str) -> bool:
+    from dsip.core.emergency.namespaces import is_emergency_did
+
+    return is_emergency_did(did)
+
+
+def _from_emergency(v: Verified) -> bool:
+    """Signed by an emergency namespace identity (a PSAP): delivered ahead, too."""
+    return _is_emergency_identity(v.identity)
+
+
+def _is_emergency_invite(v: Verified) -> bool:
+    """A verified invite with ``priority: "emergency"`` to or from an emergency namespace DID
+    (a call to a PSAP, or a PSAP's call back): routed first, never rate-limited, never held
+    at a first-contact gate."""
+    if v.type != "invite" or v.payload.get("priority") != "emergency":
+        return False
+    from dsip.core.emergency.namespaces import is_emergency_did
+
+    return is_emergency_did(v.payload.get("to")) or is_emergency_did(v.identity)
+
+
+def _claims_emergency(frame: str | bytes) -> bool:
+    """Before verification (per-IP limit): does the frame claim to be an emergency invite?
+    Only consulted when the limit would refuse; the frame is verified as usual afterwards
+    and the exemptions above apply only if it really is one."""
+    if isinstance(frame, bytes) or len(frame) > 65_536:
+        return False
+    try:
+        body, _ = loads_strict(decode_jose(frame).payload_bytes)
+    except DsipError:
+        return False
+    return (
+        isinstance(body, dict)
+        and body.get("type") == "invite"
+        and body.get("priority") == "emergency"
+    )
+
+
+# --- end emergency hook ---
 
 
 def _peek(frame: str | bytes | Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:

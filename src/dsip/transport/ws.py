@@ -140,10 +140,13 @@ async def serve_ws(
     port: int = 0,
     ssl_context: ssl.SSLContext | None,
     path: str = "/dsip",
+    process_request: Callable[[ServerConnection, Any], Any] | None = None,
 ) -> WsServer:
     """Listen for ws/1.0 connections; ``handler`` runs once per connection.
 
     ``ssl_context=None`` serves plain ``ws://`` — only for a TLS-terminating proxy in front.
+    ``process_request`` (websockets' hook) may answer plain HTTP requests itself, e.g. the
+    browser client's static files (``dsip.services.webroot``).
     """
 
     async def _handle(ws: ServerConnection) -> None:
@@ -153,7 +156,9 @@ async def serve_ws(
         _tcp_keepalive(ws)
         await handler(WsConnection(ws))
 
-    server = await serve(_handle, host, port, ssl=ssl_context, **_SERVER)
+    server = await serve(
+        _handle, host, port, ssl=ssl_context, process_request=process_request, **_SERVER
+    )
     return WsServer(server)
 
 
