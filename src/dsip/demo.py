@@ -33,6 +33,7 @@ from dsip.core.jws import encode_frame
 from dsip.demo_discovery import demo_discovery
 from dsip.demo_trust import demo_trust
 from dsip.demo_web import demo_web
+from dsip.dht.sim_demo import demo_dhtsim
 from dsip.errors import DsipError
 from dsip.messaging.demo import demo_messaging
 from dsip.services.didweb_host import DidWebHost
@@ -206,6 +207,7 @@ async def run_foundation_demo(console: Console, workdir: Path | None = None) -> 
             await demo_trust(console, ca, tmp, expect)
             await demo_messaging(console, ca, tmp, expect)
             await demo_web(console, ca, tmp, expect)
+            await demo_dhtsim(console, ca, tmp, expect)
     finally:
         if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -148,3 +148,33 @@ async def test_a_tampered_local_store_is_not_trusted() -> None:
         assert record.frame.encode() == genuine
         # and the node stopped holding (or serving) the tampered value
         assert reader.node.raw_local(key) is None
+
+
+async def test_only_valid_values_count_toward_a_read_quorum() -> None:
+    """Forged answers (Sybil peers answering first) must not end a quorum read early."""
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+    from libp2p.peer.id import ID
+
+    from dsip.dht.node import _Lookup
+
+    async with swarm(1) as (client,):
+        node = client.node
+        alice, mallory = KeyPair.generate(), KeyPair.generate()
+        t = now()
+        key = RecordKey.presence(alice.did)
+        genuine = frame(alice, seq=t, at=t)
+        forged = frame(mallory, subject=alice.did, seq=t + 100, at=t)
+        state = _Lookup(target=key.wire, known=set())
+        peer = ID(b"\x00\x24\x08\x01\x12\x20" + bytes(32))
+
+        async def answers() -> None:  # on the node's trio thread, as a lookup runs
+            for value in (forged, forged, genuine):
+                resp = Message()
+                resp.type = Message.MessageType.GET_VALUE
+                resp.record.key = key.wire
+                resp.record.value = value
+                node._learn(peer, resp, state, node.host.get_id())
+
+        await client.runtime.call(answers)
+        assert state.answered == 1  # the two forged answers did not count
+        assert set(state.values) == {forged, genuine}  # the reader still sees and refuses it
