@@ -36,6 +36,7 @@ from dsip.demo_web import demo_web
 from dsip.dht.sim_demo import demo_dhtsim
 from dsip.errors import DsipError
 from dsip.messaging.demo import demo_messaging
+from dsip.messaging.demo_mls_state import demo_mls_restart
 from dsip.services.didweb_host import DidWebHost
 from dsip.services.localca import LocalCA
 
@@ -206,6 +207,7 @@ async def run_foundation_demo(console: Console, workdir: Path | None = None) -> 
             await demo_discovery(console, ca, tmp, expect)
             await demo_trust(console, ca, tmp, expect)
             await demo_messaging(console, ca, tmp, expect)
+            await demo_mls_restart(console, ca, tmp, expect)
             await demo_web(console, ca, tmp, expect)
             await demo_dhtsim(console, ca, tmp, expect)
     finally:

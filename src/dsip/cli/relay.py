@@ -85,6 +85,14 @@ def register(sub: Any) -> None:
         help="offer the prekeys/1.0 service (end-to-end messaging) with this SQLite file",
     )
     p.add_argument(
+        "--mls-state",
+        type=Path,
+        metavar="FILE",
+        help="keep the mls/1.0 delivery service's groups and key packages in this SQLite file "
+        "(created if missing; a damaged or foreign file is refused); without it they live in "
+        "memory and a restart forgets them",
+    )
+    p.add_argument(
         "--cluster",
         metavar="NATS_URL",
         help="serve one domain with several relay processes: share bindings and route between "
@@ -194,7 +202,16 @@ def _run(args: argparse.Namespace) -> int:
         if web_root is None:
             raise ConfigError("--web: this installation has no browser client; use --web-root")
     return run_event_loop(
-        _serve(cfg, args.ready_file, args.trust_ca, federation, args.prekeys, cluster, web_root)
+        _serve(
+            cfg,
+            args.ready_file,
+            args.trust_ca,
+            federation,
+            args.prekeys,
+            cluster,
+            web_root,
+            mls_state=args.mls_state,
+        )
     )
 
 
@@ -222,6 +239,7 @@ async def _serve(
     prekeys_path: Path | None = None,
     cluster: Any = None,
     web_root: Path | None = None,
+    mls_state: Path | None = None,
 ) -> int:
     from dsip.agent.resolver import DidResolver
     from dsip.messaging.prekeys import PrekeyStore
@@ -259,6 +277,7 @@ async def _serve(
         prekeys=prekeys,
         cluster=cluster,
         web_root=web_root,
+        mls_state=mls_state,
     )
     await relay.start()
     info = {

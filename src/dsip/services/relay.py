@@ -376,6 +376,7 @@ class Relay:
             peer.relay is None
             and not self._rl_ip.allow(peer.conn.remote_ip, now)
             and not _claims_emergency(frame)  # emergency hook (1/5): exempt, still verified
+            and not (peer.identity is not None and _is_emergency_identity(peer.identity))
         ):
             await self._error(
                 peer,
@@ -925,6 +926,18 @@ class Relay:
 
     async def _deliver(self, target: _Peer, frame: str | bytes, *, urgent: bool = False) -> None:
         if urgent:  # emergency hook (3/5): ahead of everything queued, even over the bound
+            if target.writer is None and not target.out and not target.conn.closed:
+                # idle connection: write now, not after every task already queued this round
+                target.writer = asyncio.current_task()
+                try:
+                    await target.conn.send(frame)
+                except ConnectionClosed:
+                    target.out.appendleft(frame)  # stored at unbind like any unsent frame
+                finally:
+                    target.writer = None
+                if target.out:
+                    self._kick(target)
+                return
             target.out.appendleft(frame)
             self._kick(target)
             return
