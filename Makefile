@@ -6,12 +6,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml scripts/system-packages.txt 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit vectors bench install system-deps js-deps clean
+.PHONY: demo test lint typecheck unit vectors bench install system-deps js-deps tpm-deps clean
 
 demo: install
 	$(BIN)/dsip demo
 
-test: install system-deps js-deps
+test: install system-deps js-deps tpm-deps
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy --strict src
@@ -28,6 +28,14 @@ $(STAMP):
 
 system-deps:
 	@scripts/install-system-packages.sh scripts/system-packages.txt
+
+# tpm2-pytss (the emergency device key in a software TPM) builds against libtss2-dev, so it
+# is installed after the Debian packages, as the `tpm` extra
+tpm-deps: $(VENV)/.tpm-installed
+
+$(VENV)/.tpm-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[tpm]'
+	@touch $@
 
 # js-libp2p node for the DHT interop tests (npm registry; exact versions from the lockfile)
 js-deps: interop/js/node_modules/.installed

@@ -18,7 +18,9 @@ Flows, narrated (seed §12, §13, first contact):
    decrypts, replies;
 3. carol, a stranger, introduces herself to bob: refused by the relay's policy without a
    proof, admitted with a proof of work;
-4. faults: the DHT node the agents bootstrapped from dies — bob is still found; the relay
+4. an emergency call to ``did:web:911.us`` with a verified location (a PSAP on its own relay);
+5. a SIP phone calls bob through the gateway (when the gateway is present);
+6. faults: the DHT node the agents bootstrapped from dies — bob is still found; the relay
    is stopped and restarted — the agents reconnect and a message goes through.
 
 Then the network stays up (``--exit`` ends it instead) until Ctrl-C, and everything is shut
@@ -123,6 +125,7 @@ async def run_network_demo(
             await _flow_call(console, net, expect)
             await _flow_offline(console, net, expect)
             await _flow_first_contact(console, net, expect)
+            await _flow_emergency(console, net, expect)
             await _flow_faults(console, net, board, expect)
             if failures:
                 console.print(f"[red]flows that did not behave: {failures}[/red]")
@@ -540,10 +543,20 @@ async def _flow_first_contact(
     await b_events.aclose()
 
 
+async def _flow_emergency(console: Console, net: _Net, expect: Callable[[bool, str], None]) -> None:
+    from dsip.services.psap import demo_emergency
+
+    console.print(
+        "\n[bold]4. an emergency call to did:web:911.us[/bold] (seed §19–§20: a PSAP, signed "
+        "location only the PSAP can read, fallback, a public warning)"
+    )
+    await demo_emergency(console, net.ca, net.tmp, expect)
+
+
 async def _flow_faults(
     console: Console, net: _Net, board: _Board, expect: Callable[[bool, str], None]
 ) -> None:
-    console.print("\n[bold]4. components die[/bold]")
+    console.print("\n[bold]6. components die[/bold]")
     first = net.dht[0]
     await first.close()
     board.rows["dht-0"].status = "killed"

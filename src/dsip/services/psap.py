@@ -406,7 +406,7 @@ async def demo_emergency(
     agent: CallAgent | None = None
     try:
         await psap.start(uri, ssl_context=ca.client_context())
-        console.print(f"PSAP [bold]{psap_did}[/] on duty at the relay")
+        console.print(f"   PSAP [bold]{psap_did}[/] on duty at the relay")
         key, device = KeyPair.generate(), FileKeyStore.open(tmp / "emergency-device.key")
         resolver = DidResolver(documents={psap_did: doc})
         client = Client(key, verifier=Verifier(resolver.cached), resolver=resolver)
@@ -429,7 +429,7 @@ async def demo_emergency(
         outcome = await placing
         expect(outcome.kind == ANSWERED, "the PSAP answered the emergency call")
         if taken is not None:
-            console.print(f"call taker sees: {describe(taken)}", emoji=False, markup=False)
+            console.print(f"   call taker sees: {describe(taken)}", emoji=False, markup=False)
             expect(taken.assessment.verified, "location, device signature and gold device verified")
         if outcome.call is not None:
             await outcome.call.hangup()
@@ -437,7 +437,7 @@ async def demo_emergency(
             agent, identity_key=key, device=device, resolver=resolver, answer_timeout=1.0
         )
         fallback = await slow.call(Fix(42.746, -73.759, 5, "gps", int(time.time())), psap=psap_did)
-        console.print(f"nobody answers within 1 s: {fallback.kind} ({fallback.reason})")
+        console.print(f"   nobody answers within 1 s: {fallback.kind} ({fallback.reason})")
         expect(fallback.kind == USE_NATIVE_DIALER, "no answer in time means the native dialer")
         # a public warning to the caller's region bucket
         psap.serve_regions(["dre"])
@@ -448,7 +448,7 @@ async def demo_emergency(
             "dre", severity="severe", headline="Flash flood warning", instruction="Move uphill"
         )
         alert = await asyncio.wait_for(listener.alerts.get(), 5)
-        console.print(f"warning for bucket {alert.region}: {alert.headline} ({alert.severity})")
+        console.print(f"   warning for bucket {alert.region}: {alert.headline} ({alert.severity})")
         expect(alert.authority == psap_did, "a signed warning reached the agent in its bucket")
     finally:
         if agent is not None:
