@@ -115,7 +115,13 @@ async def test_twenty_nodes_hundred_dids_found_by_did_and_by_alias() -> None:
             cell = cells[i % 2]
             pub = PresencePublisher(
                 nodes[publishers[i]],
-                lambda seq, t, k=k, cell=cell: frame(k, seq=seq, at=t, geohash=cell).decode(),
+                lambda seq, t, k=k, cell=cell: frame(
+                    k,
+                    seq=seq,
+                    at=t,
+                    geohash=cell,
+                    ttl=300,  # storing nodes check the wall clock
+                ).decode(),
                 region_precisions=(4,),
                 clock=lambda: later,
             )
