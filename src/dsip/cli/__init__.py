@@ -17,7 +17,20 @@ __all__ = ["build_parser", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dsip.cli import call, demo, dht, envelope, msg, relay, resolver, vectors
+    from dsip.cli import (
+        agent,
+        call,
+        demo,
+        dht,
+        envelope,
+        gateway,
+        issuer,
+        msg,
+        psap,
+        relay,
+        resolver,
+        vectors,
+    )
 
     parser = argparse.ArgumentParser(
         prog="dsip",
@@ -29,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    modules = [call, msg, relay, dht, resolver, vectors, envelope, demo]
+    modules = [agent, call, msg, relay, dht, resolver, issuer, psap, gateway, vectors, envelope]
+    modules.append(demo)
     try:
         from dsip.cli import id as id_cli
 
