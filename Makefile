@@ -6,9 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml scripts/system-packages.txt 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit vectors bench install system-deps js-deps tpm-deps clean
+.PHONY: demo test lint typecheck unit vectors bench install system-deps demo-deps js-deps tpm-deps clean
 
-demo: install
+demo: install demo-deps
 	$(BIN)/dsip demo
 
 test: install system-deps js-deps tpm-deps
@@ -28,6 +28,9 @@ $(STAMP):
 
 system-deps:
 	@scripts/install-system-packages.sh scripts/system-packages.txt
+
+demo-deps:
+	@scripts/install-system-packages.sh scripts/demo-packages.txt
 
 # tpm2-pytss (the emergency device key in a software TPM) builds against libtss2-dev, so it
 # is installed after the Debian packages, as the `tpm` extra

@@ -25,6 +25,7 @@ async def test_network_demo_runs_every_flow(tmp_path: Path) -> None:
     assert "delivered; bob sees" in out
     assert "call taker sees:" in out and "verified" in out  # the emergency call
     assert "use-native-dialer" in out
+    assert "SHAKEN PASSporT verifies (attestation A" in out  # the gateway flow
     assert 'and a message goes through: "still there?"' in out
     assert "All flows behaved." in out
 

@@ -19,7 +19,8 @@ Flows, narrated (seed §12, §13, first contact):
 3. carol, a stranger, introduces herself to bob: refused by the relay's policy without a
    proof, admitted with a proof of work;
 4. an emergency call to ``did:web:911.us`` with a verified location (a PSAP on its own relay);
-5. a SIP phone calls bob through the gateway (when the gateway is present);
+5. a SIP phone (SIPp) calls a DSIP agent through ``dsip gateway`` and the agent calls out to
+   SIP with a STIR/SHAKEN PASSporT;
 6. faults: the DHT node the agents bootstrapped from dies — bob is still found; the relay
    is stopped and restarted — the agents reconnect and a message goes through.
 
@@ -126,6 +127,7 @@ async def run_network_demo(
             await _flow_offline(console, net, expect)
             await _flow_first_contact(console, net, expect)
             await _flow_emergency(console, net, expect)
+            await _flow_gateway(console, net, expect)
             await _flow_faults(console, net, board, expect)
             if failures:
                 console.print(f"[red]flows that did not behave: {failures}[/red]")
@@ -551,6 +553,12 @@ async def _flow_emergency(console: Console, net: _Net, expect: Callable[[bool, s
         "location only the PSAP can read, fallback, a public warning)"
     )
     await demo_emergency(console, net.ca, net.tmp, expect)
+
+
+async def _flow_gateway(console: Console, net: _Net, expect: Callable[[bool, str], None]) -> None:
+    from dsip.services.gateway_demo import demo_gateway
+
+    await demo_gateway(console, net.ca, net.tmp, expect)
 
 
 async def _flow_faults(

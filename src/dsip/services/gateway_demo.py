@@ -54,7 +54,10 @@ async def demo_gateway(
     tmp: pathlib.Path,
     expect: Callable[[bool, str], None],
 ) -> None:
-    console.print("\n[bold]Gateway[/bold]: DSIP ⇄ SIP through a B2BUA (sippy), SIPp as the phone")
+    console.print(
+        "\n[bold]5. a SIP phone and a DSIP agent call each other[/bold] through `dsip gateway` "
+        "(sippy B2BUA; SIPp as the phone; STIR/SHAKEN)"
+    )
     if shutil.which("sipp") is None:
         expect(False, "sipp is installed (Debian package sip-tester)")
         return
@@ -110,7 +113,8 @@ async def demo_gateway(
             identity = offer.get("identity")
             claims = identity.get("claims", []) if isinstance(identity, dict) else []
             console.print(
-                f"   callee sees signer {str(offer.get('from'))[:32]}…, caller claims {claims}",
+                f"   SIPp calls 15550100 → the DSIP agent answers; it sees the invite signed by "
+                f"the gateway {str(offer.get('from'))[:24]}… and caller claims {claims or 'none'}",
                 emoji=False,
                 markup=False,
             )
@@ -140,6 +144,12 @@ async def demo_gateway(
             expect(
                 facts is not None and facts.verified and facts.attest == "A",
                 "the outbound INVITE's SHAKEN PASSporT verifies (x5u over HTTPS, ES256)",
+            )
+            console.print(
+                f"   the agent calls out: answered by {answered.fields.get('answered_by')}; its "
+                "bye reached SIPp as a BYE; the INVITE's SHAKEN PASSporT verifies (attestation "
+                f"{facts.attest if facts is not None else '?'}, ES256, x5u over HTTPS)",
+                emoji=False,
             )
     finally:
         await gw.stop()
