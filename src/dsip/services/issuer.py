@@ -73,6 +73,7 @@ from dsip.core.trust.issuance import Grant, IssuanceError, IssuerCore, IssuerSta
 from dsip.core.trust.reputation import RatingError, ReputationAggregator
 from dsip.core.trust.vc import CREDENTIAL_TYPES, CredentialError, StatusListSource
 from dsip.errors import ConfigError, DsipError
+from dsip.services.httpbase import RunnerService
 
 __all__ = [
     "CHALLENGES_PATH",
@@ -241,7 +242,7 @@ def _jws_did(token: object) -> str | None:
     return kid.split("#", 1)[0] if isinstance(kid, str) and "#" in kid else None
 
 
-class IssuerService:
+class IssuerService(RunnerService):
     """The issuer over aiohttp. The core (and the DID, which may name the bound port) is
     created by :meth:`start`."""
 
@@ -335,23 +336,8 @@ class IssuerService:
         except IssuanceError as exc:
             raise ConfigError(exc.message) from None
 
-    @property
-    def port(self) -> int:
-        assert self._runner is not None, "not started"
-        for addr in self._runner.addresses:
-            return int(addr[1])
-        raise RuntimeError("not listening")
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
     async def __aenter__(self) -> IssuerService:
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def _now(self) -> int:
         return int(self._clock())

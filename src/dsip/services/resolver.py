@@ -51,6 +51,7 @@ from dsip.agent.aliases import AliasResolver, AliasResult
 from dsip.agent.resolver import DidResolver
 from dsip.core.identity import is_did
 from dsip.errors import ResolutionError
+from dsip.services.httpbase import RunnerService
 from dsip.services.webfinger import WebFingerResponder, add_routes
 
 __all__ = [
@@ -109,7 +110,7 @@ def _raw_tail(request: web.Request, prefix: str) -> str:
     return raw if raw.startswith("did:") else unquote(raw)
 
 
-class ResolverService:
+class ResolverService(RunnerService):
     """The resolver node: DID resolution, alias resolution and WebFinger over aiohttp."""
 
     def __init__(
@@ -148,23 +149,8 @@ class ResolverService:
         )
         return self
 
-    @property
-    def port(self) -> int:
-        assert self._runner is not None, "not started"
-        for addr in self._runner.addresses:
-            return int(addr[1])
-        raise RuntimeError("not listening")
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
     async def __aenter__(self) -> ResolverService:
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # --- handlers -------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from aiohttp import web
 from dsip.agent.aliases import DSIP_DID_REL, Alias, normalize_alias
 from dsip.core.identity import is_did
 from dsip.errors import ConfigError, ResolutionError
+from dsip.services.httpbase import RunnerService
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -210,7 +211,7 @@ def websockets_process_request(
     return process_request
 
 
-class WebFingerServer:
+class WebFingerServer(RunnerService):
     """``responder`` alone on an HTTPS (or, behind a proxy, HTTP) port, over aiohttp."""
 
     def __init__(
@@ -237,20 +238,5 @@ class WebFingerServer:
         await self._site.start()
         return self
 
-    @property
-    def port(self) -> int:
-        assert self._runner is not None, "not started"
-        for addr in self._runner.addresses:
-            return int(addr[1])
-        raise RuntimeError("not listening")
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
     async def __aenter__(self) -> WebFingerServer:
         return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
