@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
-import ssl
 import statistics
 import subprocess
 import sys
@@ -38,12 +36,8 @@ from dsip.agent.signaling import SignalingClient
 from dsip.core.envelope import Verifier
 from dsip.core.identity import KeyPair
 from dsip.services.ports import free_port
+from relay_store import RelayProc  # bench/ is on sys.path when run as a script
 from tests.pgserver import local_postgres
-
-RELAY_TOML = (
-    "[relay]\nenvelopes_per_minute = 10000000\ninvites_per_minute = 10000000\n"
-    "ip_envelopes_per_minute = 100000000\nquota_envelopes = 100000\nquota_bytes = 1000000000\n"
-)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -68,46 +62,13 @@ def nats_server(work: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         proc.wait(10)
 
 
-class Node:
-    def __init__(self, work: Path, store: str, nats: str, seed: Path) -> None:
-        work.mkdir(parents=True)
-        (work / "relay.toml").write_text(RELAY_TOML)
-        ready = work / "ready.json"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dsip",
-                "relay",
-                "--config",
-                str(work / "relay.toml"),
-                "--ws-port",
-                "0",
-                "--local-ca",
-                str(work / "tls"),
-                "--store",
-                store,
-                "--identity-seed-file",
-                str(seed),
-                "--cluster",
-                nats,
-                "--ready-file",
-                str(ready),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("relay node did not start")
-            time.sleep(0.05)
-        info = json.loads(ready.read_text())
-        self.uri = f"wss://localhost:{info['ws_port']}/dsip"
-        self.ssl = ssl.create_default_context(cafile=str(work / "tls" / "ca.pem"))
+class Node(RelayProc):
+    """One node of the cluster: the shared relay seed, the PostgreSQL store, NATS."""
 
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+    def __init__(self, work: Path, store: str, nats: str, seed: Path) -> None:
+        super().__init__(
+            work, store=store, extra=("--identity-seed-file", str(seed), "--cluster", nats)
+        )
 
 
 def _intro(client: SignalingClient, to: str, i: int) -> dict[str, Any]:

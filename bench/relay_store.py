@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from dsip.agent.signaling import SignalingClient
@@ -45,8 +46,11 @@ def rss_mib(pid: int) -> float:
 
 
 class RelayProc:
-    def __init__(self, work: Path) -> None:
+    """A ``dsip relay`` process with limits lifted for load (also used by bench/cluster.py)."""
+
+    def __init__(self, work: Path, *, store: str | None = None, extra: Sequence[str] = ()) -> None:
         self.work = work
+        work.mkdir(parents=True, exist_ok=True)
         ready = work / "ready.json"
         (work / "relay.toml").write_text(
             "[relay]\nenvelopes_per_minute = 10000000\ninvites_per_minute = 10000000\n"
@@ -65,9 +69,10 @@ class RelayProc:
                 "--local-ca",
                 str(work / "tls"),
                 "--store",
-                f"sqlite:///{work}/relay.db",
+                store or f"sqlite:///{work}/relay.db",
                 "--ready-file",
                 str(ready),
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
         )
