@@ -206,6 +206,9 @@ async def _network(console: Console, board: _Board, tmp: Path) -> AsyncIterator[
             for i, node in enumerate(dht):
                 board.set(f"dht-{i}", "libp2p Kad-DHT node (verifying)", node.addrs[0][-24:])
 
+            coturn = _start_coturn(tmp / "coturn", board)
+            if coturn is not None:
+                stack.callback(coturn.stop)
             push = await PushService().start()
             stack.push_async_callback(push.close)
             board.set("push", "RFC 8030 push service (platform stand-in)", push.origin)
@@ -229,6 +232,11 @@ async def _network(console: Console, board: _Board, tmp: Path) -> AsyncIterator[
                     prekeys=prekeys,
                     first_contact=relay_first_contact_hook(TrustPolicy.from_toml(RELAY_POLICY)),
                     web_root=default_web_root(),  # the browser client, on the same port
+                    turn=(
+                        (lambda did, token: coturn.credentials(did).as_capability())
+                        if coturn is not None
+                        else None
+                    ),
                 )
                 await relay.start()
                 relay_box["relay"], relay_box["prekeys"] = relay, prekeys
@@ -332,6 +340,19 @@ async def _network(console: Console, board: _Board, tmp: Path) -> AsyncIterator[
             board.live = None
             await stack.aclose()
             loopback_only(False)
+
+
+def _start_coturn(workdir: Path, board: _Board) -> Any:
+    """coturn for TURN (relay-issued REST credentials in every relay hello), if installed."""
+    from dsip.services.coturn import Coturn
+
+    try:
+        coturn = Coturn(workdir).start()
+    except DsipError as exc:
+        board.set("coturn", "TURN server", "", f"not running: {exc.message[:40]}")
+        return None
+    board.set("coturn", "TURN (REST credentials via the relay hello)", coturn.uri)
+    return coturn
 
 
 async def _close_all(nodes: list[Any]) -> None:

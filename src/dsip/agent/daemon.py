@@ -65,7 +65,7 @@ from dsip.core.trust.rcid import (
 )
 from dsip.errors import ConfigError, DsipError, TransportError, WalletError
 from dsip.media.tone import ToneDetector, ToneTrack
-from dsip.media.webrtc import WebRtcMedia
+from dsip.media.webrtc import WebRtcMedia, ice_servers_from
 from dsip.messaging.messages import Messenger
 from dsip.messaging.session_store import SessionStore
 
@@ -572,12 +572,16 @@ class AgentDaemon:
         if tone is None:
             call = await self.calls.call(to, identity=identity)
         else:
-            rtc = WebRtcMedia(audio=ToneTrack(tone))
+            rtc = WebRtcMedia(audio=ToneTrack(tone), ice_servers=self._ice_servers())
             media, transports = await rtc.offer()
             call = await self.calls.call(to, media=media, transports=transports, identity=identity)
             self.media[call.id] = _Media(rtc)
         self._spawn(self._watch(call))
         return web.json_response({"session": call.id}, status=201)
+
+    def _ice_servers(self) -> list[Any]:
+        """TURN from the relay hello (short-lived REST credentials), when the relay offers it."""
+        return ice_servers_from(self.client.capabilities) if self.client is not None else []
 
     def _identity(self) -> dict[str, Any] | None:
         """The invite's ``identity``: our name claim and credentials as ``rcid.v1``."""
@@ -598,7 +602,7 @@ class AgentDaemon:
             if tone is None:
                 await call.answer()
             else:
-                rtc = WebRtcMedia(audio=ToneTrack(tone))
+                rtc = WebRtcMedia(audio=ToneTrack(tone), ice_servers=self._ice_servers())
                 self.media[session] = _Media(rtc)
                 selection, transports = await rtc.answer(call.offer)
                 await call.answer(media=selection, transports=transports)
