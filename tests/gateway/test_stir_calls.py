@@ -195,3 +195,89 @@ async def test_verified_rcid_name_becomes_pai_display_and_rcd(
         assert pai.group(1).startswith("<sip:15551230001@")
         assert "Alice" not in sender.group(1)
         assert claims.rcd_name is None
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_e164_number_only_through_a_verified_phone_number_credential(
+    gateway_factory: GatewayFactory,
+    agent: CallAgent,
+    sti: tuple[LocalStiCa, str],
+    local_ca: LocalCA,
+    tmp_path: Path,
+    trusted: bool,
+) -> None:
+    """Seed §15: a DSIP caller calls out as its own E.164 number (From, P-Asserted-Identity,
+    PASSporT orig) only when a PhoneNumberCredential from a trusted number authority vouches
+    for it; the gateway then routes calls to that number to the DID. Otherwise the trunk's
+    default number is used and the number reaches nobody."""
+    ca, x5u = sti
+    carrier, stranger = KeyPair.generate(), KeyPair.generate()
+    now = int(time.time())
+    credential = issue_credential(
+        carrier,
+        "PhoneNumberCredential",
+        {"id": agent.client.identity, "telephoneNumber": "+15557654321"},
+        now=now - 60,
+        valid_until=now + 3600,
+    )
+    identity = identity_with_rcid(make_rcid([credential]))
+    build = agent.client.build
+
+    def build_with_rcid(msg_type: str, **fields: Any) -> dict[str, Any]:
+        if msg_type == "invite":
+            fields["identity"] = identity
+        return build(msg_type, **fields)
+
+    agent.client.build = build_with_rcid  # type: ignore[method-assign]
+    trust = IssuerTrust.of({"PhoneNumberCredential": [(carrier if trusted else stranger).did]})
+    trace = tmp_path / "uas.msg"
+    async with SippServer("uas", extra=("-trace_msg", "-message_file", str(trace))) as uas:
+        gw = await gateway_factory(
+            default_route=None,  # nothing reaches a DID unless a route or credential says so
+            trunk=("127.0.0.1", uas.port),
+            stir_signer=StirSigner(ca.key, x5u),
+            identity_assertable=True,
+            outbound_from="15551230001",
+            rcid_trust=trust,
+        )
+        call = await agent.call(gw.did)
+        await call.wait_for("answered", 10)
+        await call.hangup()
+        res = await uas.wait(10)
+        assert res.returncode == 0, res.output[-2000:]
+    invite = trace.read_text().split("INVITE sip:", 1)[1].split("\n\n", 1)[0]
+    sender = re.search(r"^From: (.+?)\r?$", invite, re.MULTILINE)
+    assert sender is not None
+    number = "15557654321" if trusted else "15551230001"
+    assert f"<sip:{number}@" in sender.group(1)
+    assert re.search(rf"^P-Asserted-Identity: <sip:{number}@", invite, re.MULTILINE)
+    (value,) = re.findall(r"^Identity: (.+?)\r?$", invite, re.MULTILINE)
+    claims = verify_passport(
+        parse_identity_header(value).passport,
+        chain=(ca.cert, ca.root),
+        anchors=(ca.root,),
+        now=int(time.time()),
+        from_tn=number,
+        to_tn="pstn",
+    )
+    assert claims.orig_tn == number
+
+    # inbound: a call to the credential's number reaches the DID only if it was verified
+    async def callee() -> str:
+        incoming = await agent.incoming(timeout=10)
+        await incoming.decline()
+        return incoming.peer
+
+    task = asyncio.create_task(callee()) if trusted else None
+    status, reason = ("603", "user.declined") if trusted else ("404", ".*")
+    scen = scenario(tmp_path, "uac_final.xml.in", status=status, reason=reason)
+    if not trusted:  # a 404 before any DSIP leg exists carries no DSIP Reason
+        Path(scen).write_text(Path(scen).read_text().replace(' check_it="true"', ""))
+    local = str(free_port(udp=True, tcp=False))
+    res = await run_sipp(
+        "-sf", scen, f"127.0.0.1:{gw.config.sip.port}", "-p", local, "-m", "1", "-s", "15557654321"
+    )
+    assert res.returncode == 0, res.output[-2000:]
+    if task is not None:
+        assert await asyncio.wait_for(task, 5) == gw.did  # the gateway places the call
+    assert ("15557654321" in gw.numbers) is trusted  # private: the gateway's memory only

@@ -541,3 +541,27 @@ def test_status_list_with_a_malformed_subject_is_unavailable(world: World) -> No
     with pytest.raises(CredentialError) as err:
         verify(world, cred, status_lists={STATUS_URL: resigned}.get)
     assert err.value.code == "credential-status-unavailable"
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["15551234567", "+0555123456", "+1555", "+1555123456789012", "+1 555 1234567", "", 15551234567],
+)
+def test_phone_number_credential_takes_only_e164(number: object) -> None:
+    from dsip.errors import DsipError
+
+    issuer = KeyPair.generate()
+    with pytest.raises(DsipError):
+        issue_credential(
+            issuer, "PhoneNumberCredential", {"id": issuer.did, "telephoneNumber": number}, now=NOW
+        )
+    good = issue_credential(
+        issuer,
+        "PhoneNumberCredential",
+        {"id": issuer.did, "telephoneNumber": "+15551234567"},
+        now=NOW,
+    )
+    assert (
+        verify_credential(good, documents=None, now=NOW).subject["telephoneNumber"]
+        == "+15551234567"
+    )

@@ -114,6 +114,15 @@ def register(sub: Any) -> None:
         help="trust this issuer's DisplayNameCredential: the caller's verified name goes "
         "into From, P-Asserted-Identity and the PASSporT rcd (repeatable; did:key issuers)",
     )
+    p.add_argument(
+        "--number-issuer",
+        action="append",
+        default=[],
+        metavar="DID",
+        help="trust this issuer's PhoneNumberCredential: a DSIP caller presenting one calls "
+        "out as that E.164 number (From, P-Asserted-Identity, PASSporT orig), and calls to the "
+        "number reach that DID while the credential is valid (repeatable; did:key issuers)",
+    )
     front = p.add_argument_group("SIP over TCP/TLS (Kamailio in front of the UDP port)")
     front.add_argument("--tcp-port", type=int, metavar="PORT", help="also take SIP over TCP")
     front.add_argument("--tls-port", type=int, metavar="PORT", help="also take SIP over TLS")
@@ -224,11 +233,19 @@ def _run(args: argparse.Namespace) -> int:
     signer, verifier = stir_from_args(args)
     front = front_from_args(args, cfg)
     key = _key(args.key_seed_file)
-    for did in args.name_issuer:
-        if not did.startswith("did:"):
-            raise ConfigError(f"--name-issuer must be a DID, not {did!r}")
+    for flag, dids in (
+        ("--name-issuer", args.name_issuer),
+        ("--number-issuer", args.number_issuer),
+    ):
+        for did in dids:
+            if not did.startswith("did:"):
+                raise ConfigError(f"{flag} must be a DID, not {did!r}")
+    issuers = {
+        "DisplayNameCredential": args.name_issuer,
+        "PhoneNumberCredential": args.number_issuer,
+    }
     trust = (
-        IssuerTrust.of({"DisplayNameCredential": args.name_issuer}) if args.name_issuer else None
+        IssuerTrust.of({k: v for k, v in issuers.items() if v}) if any(issuers.values()) else None
     )
     asyncio.run(_serve(cfg, key, args.ready_file, signer, verifier, front, trust))
     return 0

@@ -205,6 +205,7 @@ class _Bridge:
         self.target: str | None = None
         self.trust_basis: str | None = None
         self.caller_name: str | None = None  # outbound: the verified RCID name, if any
+        self.caller_number: str | None = None  # outbound: from a PhoneNumberCredential
         self.rtp: RtpBridge | None = None
         self.webrtc: Any = None  # dsip.media.webrtc.WebRtcMedia when the media bridge is on
 
@@ -496,6 +497,7 @@ class _Bridge:
     async def _sip_request(self, em: SendSipRequest) -> None:
         if em.method == "INVITE" and not em.in_dialog:
             self.caller_name = self.gw.caller_name(self)
+            self.caller_number = self.gw.caller_number(self)
             if self.gw.config.media_bridge and self.webrtc is None:
                 from dsip.media.webrtc import WebRtcMedia
 
@@ -505,7 +507,7 @@ class _Bridge:
                 self.sip = self.gw.sip.invite(
                     OutboundInvite(
                         to_user=self.gw.dial(self),
-                        from_user=self.gw.config.outbound_from,
+                        from_user=self.caller_number or self.gw.config.outbound_from,
                         from_name=self.caller_name,
                         sdp=sdp,
                         headers=tuple(self.gw.outbound_headers(self)),
@@ -540,6 +542,7 @@ class Gateway:
         self.config = config
         self.rcid_trust = rcid_trust
         self.documents = documents
+        self.numbers: dict[str, tuple[str, int]] = {}  # E.164 digits → (DID, valid until)
         self.stir_signer = stir_signer
         self.stir_verifier = stir_verifier
         self.key = key
@@ -571,6 +574,31 @@ class Gateway:
             self._shared_anchor = anchor
         return self._shared_anchor.port
 
+    def caller_number(self, bridge: _Bridge) -> str | None:
+        """The DSIP caller's E.164 number (digits, no '+') from a *verified*
+        ``PhoneNumberCredential`` in its RCID, from an issuer in ``rcid_trust`` for that
+        type (seed §15: E.164 ⇄ DID only through a credential the DID holds). The number is
+        then remembered for inbound routing to that DID — privately, here only, for as long
+        as the credential is valid — and is what the INVITE and the PASSporT assert."""
+        call = bridge.dsip
+        if call is None or self.rcid_trust is None:
+            return None
+        rcid = rcid_of(call.offer)
+        if rcid is None:
+            return None
+        now = int(time.time())
+        shown = verify_rcid(
+            rcid, caller=call.peer, now=now, documents=self.documents, trust=self.rcid_trust
+        )
+        for vc in shown.credentials:
+            number = vc.subject.get("telephoneNumber")
+            if vc.type == "PhoneNumberCredential" and isinstance(number, str):
+                digits = number.removeprefix("+")
+                until = vc.valid_until if vc.valid_until is not None else now + 86_400
+                self.numbers[digits] = (call.peer, until)
+                return digits
+        return None
+
     def caller_name(self, bridge: _Bridge) -> str | None:
         """The DSIP caller's name as a *verified* RCID shows it (seed §12 step 4, v0.7 §18):
         a ``DisplayNameCredential`` from an issuer in ``rcid_trust``. A name the caller only
@@ -601,7 +629,7 @@ class Gateway:
         (``outbound_from``)."""
         if self.stir_signer is None or not self.config.trunk.identity_assertable:
             return []
-        orig, dest = self.config.outbound_from, self.dial(bridge)
+        orig, dest = bridge.caller_number or self.config.outbound_from, self.dial(bridge)
         name = bridge.caller_name
         display = "" if name is None else f'"{name}" '
         host = self.config.sip.host
@@ -652,8 +680,16 @@ class Gateway:
             logger.exception("bridged call failed")
 
     def route(self, to_user: str | None) -> str | None:
+        """Configured routes first, then numbers DIDs proved with a PhoneNumberCredential
+        (:meth:`caller_number`; forgotten when the credential expires), then the default."""
         if to_user is not None and to_user in self.config.routes:
             return self.config.routes[to_user]
+        learned = self.numbers.get(to_user or "")
+        if learned is not None:
+            did, until = learned
+            if until > time.time():
+                return did
+            del self.numbers[to_user or ""]
         return self.config.default_route
 
     # --- inbound: SIP → DSIP ------------------------------------------------------------

@@ -123,6 +123,7 @@ SCHEMA_NAMES: Final[frozenset[str]] = MESSAGE_TYPES | {
     "vc-organization",
     "vc-reputation-score",
     "vc-role",
+    "vc-phone-number",  # seed §15: E.164 ⇄ DID only through a credential (dsip gateway)
     "vc-status-list",
     "rcid",
     "payment-receipt",

@@ -66,6 +66,7 @@ CREDENTIAL_KIND_LABELS: Final[Mapping[str, str]] = {
     "OrganizationCredential": "Organization credential",
     "ReputationScore": "Reputation score",
     "RoleCredential": "Role credential",
+    "PhoneNumberCredential": "Phone number credential",
 }
 
 _MAX_SHOWN = 200  # a hostile claim never makes a line longer than this per field

@@ -117,6 +117,7 @@ CREDENTIAL_TYPES: Final[Mapping[str, str]] = {
     "OrganizationCredential": "vc-organization",
     "ReputationScore": "vc-reputation-score",
     "RoleCredential": "vc-role",
+    "PhoneNumberCredential": "vc-phone-number",  # seed §15: what a gateway maps to a DID
 }
 STATUS_LIST_TYPE: Final = "BitstringStatusListCredential"
 STATUS_ENTRY_TYPE: Final = "BitstringStatusListEntry"
