@@ -7,6 +7,9 @@ transport changes, so in-dialog requests find their way back on the right transp
 relays new requests to the gateway's UDP port. Requests the gateway sends toward phones are
 loose-routed by the same proxy. Kamailio does all SIP parsing and transaction work on its side;
 this module writes its configuration, starts it, and stops it.
+
+One UDP worker (``children=1``): the gateway's provisional and final responses reach
+Kamailio over UDP, and two workers could forward a 180 after its 200 to the TCP/TLS side.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ _CONFIG = """#!KAMAILIO
 debug=1
 log_stderror=yes
 fork=yes
-children=2
+children=1
 tcp_children=2
 auto_aliases=no
 dns=no
