@@ -19,10 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
-import os
-import signal
 import ssl
 import tempfile
 from pathlib import Path
@@ -32,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from dsip.cli.service import until_stopped, write_ready
 from dsip.core.gateway.b2bua import TrunkProfile
 from dsip.core.identity import KeyPair
 from dsip.core.trust.rcid import IssuerTrust
@@ -274,21 +271,13 @@ async def _serve(
         except BaseException:
             await gw.stop()
             raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     ready = {"did": gw.did, "sip_port": cfg.sip.port}
     if front is not None:
         ready.update(tcp_port=front.tcp_port, tls_port=front.tls_port)
-    if ready_file is not None:
-        tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(ready))
-        os.replace(tmp, ready_file)
+    write_ready(ready_file, ready)
     print(f"ready {gw.did} sip=udp:{cfg.sip.host}:{cfg.sip.port}", flush=True)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         if front is not None:
             await front.stop()

@@ -4,15 +4,13 @@ revocation through a Bitstring Status List, its did:web document)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import signal
 import ssl
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from dsip.cli.service import until_stopped, write_ready
 from dsip.errors import ConfigError
 
 __all__ = ["register"]
@@ -121,20 +119,12 @@ async def _serve(args: argparse.Namespace) -> int:
     if server_tls is None and cfg.public_url is None:
         print("warning: plain HTTP without public_url; the did:web names https", flush=True)
     print(f"issuer {service.did} listening on {service.url}", flush=True)
-    if args.ready_file is not None:
-        tmp = args.ready_file.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps(
-                {"url": service.url, "did": service.did, "port": service.port, "pid": os.getpid()}
-            )
-        )
-        tmp.replace(args.ready_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    write_ready(
+        args.ready_file,
+        {"url": service.url, "did": service.did, "port": service.port, "pid": os.getpid()},
+    )
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await service.stop()
         await resolver.aclose()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 from pathlib import Path
 from typing import Any
 
+from dsip.cli.service import until_stopped
 from dsip.errors import ConfigError, DsipError
 
 
@@ -201,13 +200,8 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     await service.start(args.relay, cafile=str(args.trust_ca) if args.trust_ca else None)
     console.print(f"PSAP {did} on duty at {args.relay}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await service.close()
         await client.aclose()

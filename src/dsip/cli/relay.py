@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
-import signal
 import ssl
 from pathlib import Path
 from typing import Any
 
+from dsip.cli.service import until_stopped, write_ready
 from dsip.config import RelayConfig, load_relay_config
 from dsip.core.identity import KeyPair
 from dsip.errors import ConfigError
@@ -292,15 +291,8 @@ async def _serve(
     if web_root is not None:
         web = "https" if server_ssl else "http"
         print(f"browser client on {web}://{cfg.host}:{relay.ws_port}/", flush=True)
-    if ready_file is not None:
-        tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info))
-        tmp.replace(ready_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    write_ready(ready_file, info)
+    await until_stopped()
     logger.info("shutting down")
     await relay.stop()
     if prekeys is not None:

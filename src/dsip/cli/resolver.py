@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import logging
 import os
-import signal
 import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dsip.cli.service import until_stopped, write_ready
 from dsip.errors import ConfigError, DsipError
 
 __all__ = ["main", "register"]
@@ -192,16 +190,9 @@ async def _serve(args: argparse.Namespace) -> int:
     scheme = "https" if server_tls else "http"
     url = f"{scheme}://{'localhost' if host in ('127.0.0.1', '::1') else host}:{service.port}"
     print(f"resolver listening on {url}", flush=True)
-    if args.ready_file is not None:
-        tmp = args.ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"url": url, "port": service.port, "pid": os.getpid()}))
-        tmp.replace(args.ready_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    write_ready(args.ready_file, {"url": url, "port": service.port, "pid": os.getpid()})
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         logger.info("shutting down")
         await service.stop()
