@@ -144,7 +144,10 @@ async def run_network_demo(
             )
             if stay_up:
                 console.print("The network stays up; Ctrl-C stops it.")
-                await asyncio.Event().wait()
+                from dsip.cli.service import until_stopped
+
+                await until_stopped()  # Ctrl-C or SIGTERM: every component stops cleanly
+                console.print("Stopping the network…")
     finally:
         if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)

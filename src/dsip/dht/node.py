@@ -116,6 +116,22 @@ class _QuietStreamEnd(logging.Filter):
 
 logging.getLogger("libp2p.kad_dht.kad_dht").addFilter(_QuietStreamEnd())
 
+
+class _QuietStoppedSwarm(logging.Filter):
+    """py-libp2p 0.8.1 logs a WARNING with a traceback for every connection that reaches a
+    host after its service stopped (peers keep dialling a node that was just closed); the
+    connection is refused either way, so drop exactly that record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (
+            text.startswith("[ADDCONN_FAIL]")
+            and "Cannot schedule task after service has stopped" in text
+        )
+
+
+logging.getLogger("libp2p.network.swarm").addFilter(_QuietStoppedSwarm())
+
 KAD_PROTOCOL = str(PROTOCOL_ID)  # /ipfs/kad/1.0.0: what py-libp2p 0.8.1 registers, fixed
 MAX_KEY_BYTES = 50  # py-libp2p FIND_NODE refuses longer non-multihash targets
 _MULTIHASH_SHA256 = b"\x12\x20"
