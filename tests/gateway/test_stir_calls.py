@@ -27,6 +27,7 @@ from dsip.core.gateway.stir import (
 from dsip.core.identity import KeyPair
 from dsip.core.trust.rcid import IssuerTrust, identity_with_rcid, make_rcid
 from dsip.core.trust.vc import issue_credential
+from dsip.services.gateway import Gateway
 from dsip.services.gateway_stir import CertRepository, LocalStiCa, StirSigner, StirVerifier
 from dsip.services.localca import LocalCA
 from dsip.services.ports import free_port
@@ -48,6 +49,45 @@ async def sti(local_ca: LocalCA) -> AsyncIterator[tuple[LocalStiCa, str]]:
 def _identity(ca: LocalStiCa, x5u: str, *, orig: str = "15551230001") -> str:
     claims = PassportClaims("A", orig, ("15551230002",), int(time.time()), "origid-1", "Alice")
     return identity_header(sign_passport(claims, key=ca.key, x5u=x5u), x5u)
+
+
+def _present_in_invites(agent: CallAgent, identity: dict[str, Any]) -> None:
+    """Make ``agent``'s invites carry ``identity`` (an RCID) in their v0.7 ``identity``."""
+    build = agent.client.build
+
+    def build_with_rcid(msg_type: str, **fields: Any) -> dict[str, Any]:
+        if msg_type == "invite":
+            fields["identity"] = identity
+        return build(msg_type, **fields)
+
+    agent.client.build = build_with_rcid  # type: ignore[method-assign]
+
+
+async def _outbound_invite(
+    gateway_factory: GatewayFactory,
+    agent: CallAgent,
+    sti: tuple[LocalStiCa, str],
+    tmp_path: Path,
+    **gateway: Any,
+) -> tuple[str, Gateway]:
+    """One answered DSIP → SIP call through a SHAKEN-signing gateway to a SIPp UAS; the
+    INVITE as SIPp received it (from the request line on) and the gateway."""
+    ca, x5u = sti
+    trace = tmp_path / "uas.msg"
+    async with SippServer("uas", extra=("-trace_msg", "-message_file", str(trace))) as uas:
+        gw = await gateway_factory(
+            trunk=("127.0.0.1", uas.port),
+            stir_signer=StirSigner(ca.key, x5u),
+            identity_assertable=True,
+            outbound_from="15551230001",
+            **gateway,
+        )
+        call = await agent.call(gw.did)
+        await call.wait_for("answered", 10)
+        await call.hangup()
+        res = await uas.wait(10)
+        assert res.returncode == 0, res.output[-2000:]
+    return trace.read_text().split("INVITE sip:", 1)[1], gw
 
 
 @pytest.mark.parametrize(("orig", "verified", "attestation"), [
@@ -104,21 +144,8 @@ async def test_outbound_invite_carries_a_verifiable_passport(
     local_ca: LocalCA,
     tmp_path: Path,
 ) -> None:
-    ca, x5u = sti
-    trace = tmp_path / "uas.msg"
-    async with SippServer("uas", extra=("-trace_msg", "-message_file", str(trace))) as uas:
-        gw = await gateway_factory(
-            trunk=("127.0.0.1", uas.port),
-            stir_signer=StirSigner(ca.key, x5u),
-            identity_assertable=True,
-            outbound_from="15551230001",
-        )
-        call = await agent.call(gw.did)
-        await call.wait_for("answered", 10)
-        await call.hangup()
-        res = await uas.wait(10)
-        assert res.returncode == 0, res.output[-2000:]
-    invite = trace.read_text().split("INVITE sip:", 1)[1]
+    ca, _ = sti
+    invite, _ = await _outbound_invite(gateway_factory, agent, sti, tmp_path)
     headers = re.findall(r"^Identity: (.+?)\r?$", invite, re.MULTILINE)
     assert re.search(r"^P-Asserted-Identity: <sip:15551230001@", invite, re.MULTILINE)
     verifier = StirVerifier([ca.root], client_ssl=local_ca.client_context())
@@ -138,7 +165,7 @@ async def test_verified_rcid_name_becomes_pai_display_and_rcd(
 ) -> None:
     """The DSIP caller's name reaches SIP (From, P-Asserted-Identity, PASSporT ``rcd.nam``)
     only when a DisplayNameCredential from an issuer the gateway trusts vouches for it."""
-    ca, x5u = sti
+    ca, _ = sti
     issuer, stranger = KeyPair.generate(), KeyPair.generate()
     now = int(time.time())
     credential = issue_credential(
@@ -148,31 +175,12 @@ async def test_verified_rcid_name_becomes_pai_display_and_rcd(
         now=now - 60,
         valid_until=now + 3600,
     )
-    identity = identity_with_rcid(make_rcid([credential], display_name="Alice Example"))
-    build = agent.client.build
-
-    def build_with_rcid(msg_type: str, **fields: Any) -> dict[str, Any]:
-        if msg_type == "invite":
-            fields["identity"] = identity
-        return build(msg_type, **fields)
-
-    agent.client.build = build_with_rcid  # type: ignore[method-assign]
+    _present_in_invites(
+        agent, identity_with_rcid(make_rcid([credential], display_name="Alice Example"))
+    )
     trust = IssuerTrust.of({"DisplayNameCredential": [(issuer if trusted else stranger).did]})
-    trace = tmp_path / "uas.msg"
-    async with SippServer("uas", extra=("-trace_msg", "-message_file", str(trace))) as uas:
-        gw = await gateway_factory(
-            trunk=("127.0.0.1", uas.port),
-            stir_signer=StirSigner(ca.key, x5u),
-            identity_assertable=True,
-            outbound_from="15551230001",
-            rcid_trust=trust,
-        )
-        call = await agent.call(gw.did)
-        await call.wait_for("answered", 10)
-        await call.hangup()
-        res = await uas.wait(10)
-        assert res.returncode == 0, res.output[-2000:]
-    invite = trace.read_text().split("INVITE sip:", 1)[1].split("\n\n", 1)[0]
+    invite, _ = await _outbound_invite(gateway_factory, agent, sti, tmp_path, rcid_trust=trust)
+    invite = invite.split("\n\n", 1)[0]
     pai = re.search(r"^P-Asserted-Identity: (.+?)\r?$", invite, re.MULTILINE)
     sender = re.search(r"^From: (.+?)\r?$", invite, re.MULTILINE)
     assert pai is not None
@@ -210,7 +218,7 @@ async def test_e164_number_only_through_a_verified_phone_number_credential(
     PASSporT orig) only when a PhoneNumberCredential from a trusted number authority vouches
     for it; the gateway then routes calls to that number to the DID. Otherwise the trunk's
     default number is used and the number reaches nobody."""
-    ca, x5u = sti
+    ca, _ = sti
     carrier, stranger = KeyPair.generate(), KeyPair.generate()
     now = int(time.time())
     credential = issue_credential(
@@ -220,32 +228,17 @@ async def test_e164_number_only_through_a_verified_phone_number_credential(
         now=now - 60,
         valid_until=now + 3600,
     )
-    identity = identity_with_rcid(make_rcid([credential]))
-    build = agent.client.build
-
-    def build_with_rcid(msg_type: str, **fields: Any) -> dict[str, Any]:
-        if msg_type == "invite":
-            fields["identity"] = identity
-        return build(msg_type, **fields)
-
-    agent.client.build = build_with_rcid  # type: ignore[method-assign]
+    _present_in_invites(agent, identity_with_rcid(make_rcid([credential])))
     trust = IssuerTrust.of({"PhoneNumberCredential": [(carrier if trusted else stranger).did]})
-    trace = tmp_path / "uas.msg"
-    async with SippServer("uas", extra=("-trace_msg", "-message_file", str(trace))) as uas:
-        gw = await gateway_factory(
-            default_route=None,  # nothing reaches a DID unless a route or credential says so
-            trunk=("127.0.0.1", uas.port),
-            stir_signer=StirSigner(ca.key, x5u),
-            identity_assertable=True,
-            outbound_from="15551230001",
-            rcid_trust=trust,
-        )
-        call = await agent.call(gw.did)
-        await call.wait_for("answered", 10)
-        await call.hangup()
-        res = await uas.wait(10)
-        assert res.returncode == 0, res.output[-2000:]
-    invite = trace.read_text().split("INVITE sip:", 1)[1].split("\n\n", 1)[0]
+    invite, gw = await _outbound_invite(
+        gateway_factory,
+        agent,
+        sti,
+        tmp_path,
+        default_route=None,  # nothing reaches a DID unless a route or credential says so
+        rcid_trust=trust,
+    )
+    invite = invite.split("\n\n", 1)[0]
     sender = re.search(r"^From: (.+?)\r?$", invite, re.MULTILINE)
     assert sender is not None
     number = "15557654321" if trusted else "15551230001"

@@ -65,7 +65,7 @@ from dsip.core.gateway.sdp import (
 from dsip.core.identity import DocumentSource, KeyPair
 from dsip.core.media_binding import Direction
 from dsip.core.session import Send, SessionState, Ui
-from dsip.core.trust.rcid import IssuerTrust, rcid_of, verify_rcid
+from dsip.core.trust.rcid import IssuerTrust, RcidDisplay, rcid_of, verify_rcid
 from dsip.errors import DsipError
 from dsip.services.gateway_media import RtpBridge, open_rtp_bridge
 from dsip.services.gateway_sip import (
@@ -496,8 +496,9 @@ class _Bridge:
 
     async def _sip_request(self, em: SendSipRequest) -> None:
         if em.method == "INVITE" and not em.in_dialog:
-            self.caller_name = self.gw.caller_name(self)
-            self.caller_number = self.gw.caller_number(self)
+            shown = self.gw.caller_rcid(self)
+            self.caller_name = self.gw.caller_name(shown)
+            self.caller_number = self.gw.caller_number(shown)
             if self.gw.config.media_bridge and self.webrtc is None:
                 from dsip.media.webrtc import WebRtcMedia
 
@@ -574,49 +575,46 @@ class Gateway:
             self._shared_anchor = anchor
         return self._shared_anchor.port
 
-    def caller_number(self, bridge: _Bridge) -> str | None:
-        """The DSIP caller's E.164 number (digits, no '+') from a *verified*
-        ``PhoneNumberCredential`` in its RCID, from an issuer in ``rcid_trust`` for that
-        type (seed §15: E.164 ⇄ DID only through a credential the DID holds). The number is
-        then remembered for inbound routing to that DID — privately, here only, for as long
-        as the credential is valid — and is what the INVITE and the PASSporT assert."""
+    def caller_rcid(self, bridge: _Bridge) -> RcidDisplay | None:
+        """The DSIP caller's RCID, every credential verified once (``rcid_trust`` decides
+        which issuers count); ``None`` without a call, a trust list or an RCID."""
         call = bridge.dsip
         if call is None or self.rcid_trust is None:
             return None
         rcid = rcid_of(call.offer)
         if rcid is None:
             return None
-        now = int(time.time())
-        shown = verify_rcid(
-            rcid, caller=call.peer, now=now, documents=self.documents, trust=self.rcid_trust
-        )
-        for vc in shown.credentials:
-            number = vc.subject.get("telephoneNumber")
-            if vc.type == "PhoneNumberCredential" and isinstance(number, str):
-                digits = number.removeprefix("+")
-                until = vc.valid_until if vc.valid_until is not None else now + 86_400
-                self.numbers[digits] = (call.peer, until)
-                return digits
-        return None
-
-    def caller_name(self, bridge: _Bridge) -> str | None:
-        """The DSIP caller's name as a *verified* RCID shows it (seed §12 step 4, v0.7 §18):
-        a ``DisplayNameCredential`` from an issuer in ``rcid_trust``. A name the caller only
-        claims is not carried into SIP, where it would look asserted."""
-        call = bridge.dsip
-        if call is None or self.rcid_trust is None:
-            return None
-        rcid = rcid_of(call.offer)
-        if rcid is None:
-            return None
-        shown = verify_rcid(
+        return verify_rcid(
             rcid,
             caller=call.peer,
             now=int(time.time()),
             documents=self.documents,
             trust=self.rcid_trust,
         )
-        if not shown.name_verified or shown.name is None:
+
+    def caller_number(self, shown: RcidDisplay | None) -> str | None:
+        """The DSIP caller's E.164 number (digits, no '+') from a *verified*
+        ``PhoneNumberCredential`` in its RCID, from an issuer in ``rcid_trust`` for that
+        type (seed §15: E.164 ⇄ DID only through a credential the DID holds). The number is
+        then remembered for inbound routing to that DID — privately, here only, for as long
+        as the credential is valid — and is what the INVITE and the PASSporT assert."""
+        if shown is None:
+            return None
+        for vc in shown.credentials:
+            number = vc.subject.get("telephoneNumber")
+            if vc.type == "PhoneNumberCredential" and isinstance(number, str):
+                digits = number.removeprefix("+")
+                until = vc.valid_until if vc.valid_until is not None else int(time.time()) + 86_400
+                self.numbers[digits] = (shown.caller, until)
+                return digits
+        return None
+
+    @staticmethod
+    def caller_name(shown: RcidDisplay | None) -> str | None:
+        """The DSIP caller's name as a *verified* RCID shows it (seed §12 step 4, v0.7 §18):
+        a ``DisplayNameCredential`` from an issuer in ``rcid_trust``. A name the caller only
+        claims is not carried into SIP, where it would look asserted."""
+        if shown is None or not shown.name_verified or shown.name is None:
             return None
         # a header value: printable characters only, no quote or escape (RFC 3261 §25.1)
         cleaned = "".join(ch for ch in shown.name if ch.isprintable() and ch not in '"\\')
