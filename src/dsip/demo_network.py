@@ -87,10 +87,6 @@ class _Board:
         self.rows[name] = _Component(what, address, status)
         self.refresh()
 
-    def status(self, name: str, status: str) -> None:
-        self.rows[name].status = status
-        self.refresh()
-
     def table(self) -> Table:
         t = Table(title="local DSIP network (127.0.0.1)", expand=False)
         t.add_column("component")
@@ -128,7 +124,7 @@ async def run_network_demo(
             await _flow_first_contact(console, net, expect)
             await _flow_emergency(console, net, expect)
             await _flow_gateway(console, net, expect)
-            await _flow_faults(console, net, board, expect)
+            await _flow_faults(console, net, expect)
             if failures:
                 console.print(f"[red]flows that did not behave: {failures}[/red]")
                 return 1
@@ -585,13 +581,10 @@ async def _flow_gateway(console: Console, net: _Net, expect: Callable[[bool, str
     await demo_gateway(console, net.ca, net.tmp, expect)
 
 
-async def _flow_faults(
-    console: Console, net: _Net, board: _Board, expect: Callable[[bool, str], None]
-) -> None:
+async def _flow_faults(console: Console, net: _Net, expect: Callable[[bool, str], None]) -> None:
     console.print("\n[bold]6. components die[/bold]")
     first = net.dht[0]
     await first.close()
-    board.rows["dht-0"].status = "killed"
     bob_did = net.agents["bob"].did
     route = await net.apis["alice"].request("GET", "/v1/lookup?target=" + bob_did)
     console.print(

@@ -145,7 +145,8 @@ class AgentDaemon:
         self.wallet = Wallet(settings.home)
         self.key: KeyPair | None = None
         self.did = ""
-        self.resolver = DidResolver(verify=self._tls_verify())
+        self._verify = self._tls_verify()  # one TLS trust for did:web, status lists
+        self.resolver = DidResolver(verify=self._verify)
         self.client: SignalingClient | None = None
         self.calls: CallAgent | None = None
         self.messaging: MessagingAgent | None = None
@@ -155,7 +156,6 @@ class AgentDaemon:
         self.token = secrets.token_urlsafe(32)
         self.port: int | None = None
         self.started_at = time.time()
-        self.displays: dict[str, RcidDisplay] = {}
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
@@ -365,8 +365,8 @@ class AgentDaemon:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await resolve_issuers(items, self.resolver)
-                    status = await fetch_status_lists(items, verify=self._tls_verify())
-        display = render_caller(
+                    status = await fetch_status_lists(items, verify=self._verify)
+        return render_caller(
             call.offer,
             call.peer,
             now=int(time.time()),
@@ -374,8 +374,6 @@ class AgentDaemon:
             trust=self.trust,
             status_lists=status,
         )
-        self.displays[call.id] = display
-        return display
 
     async def _watch(self, call: Call) -> None:
         try:

@@ -111,6 +111,7 @@ class ClusterBus:
         self._counts: dict[str, int] = {}
         self._subs: dict[str, Any] = {}
         self._lock = asyncio.Lock()
+        self._pending: set[asyncio.Task[None]] = set()
 
     def _subject(self, kind: str, did: str) -> str:
         return f"{self.config.name}.{kind}.{did_token(did)}"
@@ -151,26 +152,25 @@ class ClusterBus:
 
     # --- bindings ---------------------------------------------------------------------------
 
-    def bind(self, *dids: str) -> None:
-        """This node now serves ``dids`` (counted: a device and its identity, several devices)."""
+    async def bind(self, *dids: str) -> None:
+        """This node now serves ``dids`` (counted: a device and its identity, several
+        devices); returns once NATS has the interest, so routing works from here on."""
         for did in dict.fromkeys(dids):
             self._counts[did] = self._counts.get(did, 0) + 1
-        asyncio.get_running_loop().create_task(self._sync(list(dids)))
+        await self._sync(list(dids))
 
     def unbind(self, *dids: str) -> None:
+        """The counterpart of :meth:`bind`; called from synchronous code, so the
+        unsubscription runs as a task (:meth:`_sync` converges whatever the order)."""
         for did in dict.fromkeys(dids):
             left = self._counts.get(did, 0) - 1
             if left > 0:
                 self._counts[did] = left
             else:
                 self._counts.pop(did, None)
-        asyncio.get_running_loop().create_task(self._sync(list(dids)))
-
-    async def bind_now(self, *dids: str) -> None:
-        """:meth:`bind`, returning once NATS has the interest (routing works from here on)."""
-        for did in dict.fromkeys(dids):
-            self._counts[did] = self._counts.get(did, 0) + 1
-        await self._sync(list(dids))
+        task = asyncio.get_running_loop().create_task(self._sync(list(dids)))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def _sync(self, dids: list[str]) -> None:
         """Make the subscriptions match the counts (bind/unbind may race; this converges)."""

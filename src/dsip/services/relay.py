@@ -473,7 +473,7 @@ class Relay:
         if _is_emergency_identity(identity):  # emergency hook: a PSAP is bound here
             self._psaps.add(device)
         if self.cluster is not None:  # cluster hook (3/5): this node now serves these DIDs
-            await self.cluster.bind_now(device, identity)
+            await self.cluster.bind(device, identity)
         now = int(self.clock())
         joins = [
             em for em in self.forking.bind(device, identity, now=now) if isinstance(em, Deliver)
