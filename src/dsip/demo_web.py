@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import wave
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 from dsip.agent.calls import CallAgent
 from dsip.agent.signaling import SignalingClient
 from dsip.config import RelayConfig
 from dsip.core.envelope import Verifier
 from dsip.core.identity import KeyPair
-from dsip.media.tone import ToneDetector, ToneTrack
+from dsip.media.tone import ToneDetector, ToneTrack, write_tone_wav
 from dsip.media.webrtc import WebRtcMedia, loopback_only
 from dsip.services.localca import LocalCA
 from dsip.services.relay import Relay
@@ -41,18 +39,6 @@ _CHROMIUM_ARGS = (
     "--use-fake-device-for-media-stream",
     "--allow-loopback-in-peer-connection",
 )
-
-
-def _tone_wav(path: Path, seconds: float = 10.0) -> Path:
-    rate = 48_000
-    t = np.arange(int(rate * seconds)) / rate
-    pcm = (0.4 * 32767 * np.sin(2 * np.pi * TONE_HZ * t)).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return path
 
 
 async def demo_web(
@@ -117,7 +103,7 @@ async def _browser_call(
     agent = CallAgent(client)
     await agent.start()
     media = WebRtcMedia(audio=ToneTrack(500.0))
-    wav = _tone_wav(tmp / "web-tone.wav")
+    wav = write_tone_wav(tmp / "web-tone.wav", TONE_HZ)
     try:
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(

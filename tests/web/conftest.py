@@ -9,7 +9,6 @@ downloaded: Playwright is pointed at the system executable.
 from __future__ import annotations
 
 import shutil
-import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 
 from dsip.config import RelayConfig
 from dsip.core.identity import KeyPair
+from dsip.media.tone import write_tone_wav
 from dsip.services.localca import LocalCA
 from dsip.services.relay import Relay
 from dsip.services.webroot import default_web_root
@@ -26,19 +26,6 @@ from dsip.storage import open_store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TONE_HZ = 1000.0
-
-
-def write_tone_wav(path: Path, frequency: float = TONE_HZ, seconds: float = 10.0) -> Path:
-    """A 48 kHz mono 16-bit WAV of a sine tone (Chromium's fake microphone plays it in a loop)."""
-    rate = 48_000
-    t = np.arange(int(rate * seconds)) / rate
-    pcm = (0.4 * 32767 * np.sin(2 * np.pi * frequency * t)).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return path
 
 
 @pytest.fixture(scope="session")

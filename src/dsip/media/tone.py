@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
+import wave
+from pathlib import Path
 
 import numpy as np
 from aiortc import MediaStreamTrack
@@ -123,3 +125,17 @@ class ToneDetector:
 
     def stop(self) -> None:
         self._task.cancel()
+
+
+def write_tone_wav(path: Path, frequency: float = 1000.0, seconds: float = 10.0) -> Path:
+    """A 48 kHz mono 16-bit WAV of a sine tone: what a browser's fake microphone plays in a
+    loop (Chromium ``--use-file-for-fake-audio-capture``) so the far end can detect it."""
+    rate = 48_000
+    t = np.arange(int(rate * seconds)) / rate
+    pcm = (0.4 * 32767 * np.sin(2 * np.pi * frequency * t)).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
